@@ -1,0 +1,8 @@
+# aurora._native: the one extension module.  Each csrc/ header has one included unit here,
+# which declares the header (``cdef extern from "x.h" nogil``) and wraps it with typed,
+# GIL-releasing functions.  Errors go through raise_status (the single status table).
+
+include "_status.pxi"
+include "_crc32c.pxi"
+include "_record.pxi"
+include "_page.pxi"
