@@ -59,6 +59,8 @@ cdef enum:
     # Output and workspace for pages up to this size live on the C stack.
     PAGE_STACK_BYTES = 4096
     PAGE_STACK_OUT_BYTES = 4096 + 8
+    # Chains up to this many records keep their payload pointers inside _PagePayloads.
+    PAGE_SMALL_CHAIN_RECORDS = 32
     # (4096 / 64 bitmap words + 4096 / 8 page words) 64-bit words of coalesce workspace.
     PAGE_STACK_WORKSPACE_WORDS = 64 + 512
 
@@ -242,6 +244,9 @@ cdef class _PagePayloads:
     cdef tuple items
     cdef const uint8_t **pointers
     cdef uint32_t *lengths
+    # Short chains (the common case) need no allocation.
+    cdef const uint8_t *small_pointers[PAGE_SMALL_CHAIN_RECORDS]
+    cdef uint32_t small_lengths[PAGE_SMALL_CHAIN_RECORDS]
     cdef Py_buffer *views
     cdef Py_ssize_t count, view_count
     cdef uint64_t total_length
@@ -251,10 +256,14 @@ cdef class _PagePayloads:
         cdef object item
         self.items = payloads if type(payloads) is tuple else tuple(payloads)
         self.count = len(self.items)
-        self.pointers = <const uint8_t **>PyMem_Malloc(max(self.count, 1) * sizeof(uint8_t *))
-        self.lengths = <uint32_t *>PyMem_Malloc(max(self.count, 1) * sizeof(uint32_t))
-        if self.pointers == NULL or self.lengths == NULL:
-            raise MemoryError()
+        if self.count <= PAGE_SMALL_CHAIN_RECORDS:
+            self.pointers = self.small_pointers
+            self.lengths = self.small_lengths
+        else:
+            self.pointers = <const uint8_t **>PyMem_Malloc(self.count * sizeof(uint8_t *))
+            self.lengths = <uint32_t *>PyMem_Malloc(self.count * sizeof(uint32_t))
+            if self.pointers == NULL or self.lengths == NULL:
+                raise MemoryError()
         for i in range(self.count):
             item = self.items[i]
             if PyBytes_CheckExact(item):
@@ -286,8 +295,9 @@ cdef class _PagePayloads:
 
     def __dealloc__(self):
         self.close()
-        PyMem_Free(self.pointers)
-        PyMem_Free(self.lengths)
+        if self.pointers != self.small_pointers:
+            PyMem_Free(self.pointers)
+            PyMem_Free(self.lengths)
         PyMem_Free(self.views)
 
 
@@ -317,13 +327,48 @@ cdef int _chain_lengths(str function, Py_ssize_t n, Py_ssize_t lsns_len, Py_ssiz
     return 0
 
 
+cdef object _numpy = None
+
+
 cdef object _np_array(object values, str dtype):
-    import numpy
-    array = numpy.ascontiguousarray(values, dtype=dtype)
+    global _numpy
+    if _numpy is None:
+        import numpy
+        _numpy = numpy
+    array = _numpy.ascontiguousarray(values, dtype=dtype)
     if array.ndim != 1:
         raise ValueError("expected a one-dimensional array of %s, got shape %r"
                          % (dtype, array.shape))
     return array
+
+
+# Arrays in: a contiguous buffer of the right item type (numpy array, bytes for uint8, array
+# module) is used as is, without a copy; anything else goes through numpy.ascontiguousarray.
+cdef const uint8_t[::1] _as_u8(object values):
+    cdef const uint8_t[::1] view
+    try:
+        view = values
+    except (TypeError, ValueError, BufferError):
+        view = _np_array(values, "uint8")
+    return view
+
+
+cdef const uint32_t[::1] _as_u32(object values):
+    cdef const uint32_t[::1] view
+    try:
+        view = values
+    except (TypeError, ValueError, BufferError):
+        view = _np_array(values, "uint32")
+    return view
+
+
+cdef const uint64_t[::1] _as_u64(object values):
+    cdef const uint64_t[::1] view
+    try:
+        view = values
+    except (TypeError, ValueError, BufferError):
+        view = _np_array(values, "uint64")
+    return view
 
 
 def apply_chain(page, uint64_t page_lsn, types, lsns, prev_lsn_page, payloads):
@@ -342,9 +387,9 @@ def apply_chain(page, uint64_t page_lsn, types, lsns, prev_lsn_page, payloads):
     cdef uint64_t lsn_now = page_lsn
     cdef uint32_t applied = 0, n, count, error_offset = 0
     cdef int rc
-    types_view = types if isinstance(types, bytes) else _np_array(types, "uint8")
-    lsns_view = _np_array(lsns, "uint64")
-    prevs_view = _np_array(prev_lsn_page, "uint64")
+    types_view = _as_u8(types)
+    lsns_view = _as_u64(lsns)
+    prevs_view = _as_u64(prev_lsn_page)
     held = _PagePayloads(payloads)
     try:
         _chain_lengths("apply_chain", types_view.shape[0], lsns_view.shape[0],
@@ -394,11 +439,11 @@ def apply_chain_buf(page, uint64_t page_lsn, buf, types, lsns, prev_lsn_page, pa
     cdef uint64_t lsn_now = page_lsn
     cdef uint32_t applied = 0, n, count, error_offset = 0
     cdef int rc
-    types_view = types if isinstance(types, bytes) else _np_array(types, "uint8")
-    lsns_view = _np_array(lsns, "uint64")
-    prevs_view = _np_array(prev_lsn_page, "uint64")
-    offsets_view = _np_array(payload_offsets, "uint64")
-    lengths_view = _np_array(payload_lengths, "uint32")
+    types_view = _as_u8(types)
+    lsns_view = _as_u64(lsns)
+    prevs_view = _as_u64(prev_lsn_page)
+    offsets_view = _as_u64(payload_offsets)
+    lengths_view = _as_u32(payload_lengths)
     _chain_lengths("apply_chain_buf", types_view.shape[0], lsns_view.shape[0],
                    prevs_view.shape[0], offsets_view.shape[0])
     _chain_lengths("apply_chain_buf", types_view.shape[0], lsns_view.shape[0],
@@ -471,16 +516,21 @@ def coalesce(uint32_t page_size, types, payloads):
     cdef uint32_t count, error_index = 0
     cdef const uint8_t *types_pointer = NULL
     cdef int rc
+    cdef Py_ssize_t types_count
     _page_size_check(page_size, "coalesce")
-    types_view = types if isinstance(types, bytes) else _np_array(types, "uint8")
+    if PyBytes_CheckExact(types):  # the common case, without a memoryview
+        types_pointer = <const uint8_t *>PyBytes_AS_STRING(types)
+        types_count = PyBytes_GET_SIZE(types)
+    else:
+        types_view = _as_u8(types)
+        types_count = types_view.shape[0]
+        if types_count:
+            types_pointer = &types_view[0]
     held = _PagePayloads(payloads)
     try:
-        if types_view.shape[0] != held.count or held.count > 0x7FFFFFFF:
-            raise ValueError("coalesce: %d types for %d payloads" % (types_view.shape[0],
-                                                                      held.count))
+        if types_count != held.count or held.count > 0x7FFFFFFF:
+            raise ValueError("coalesce: %d types for %d payloads" % (types_count, held.count))
         count = <uint32_t>held.count
-        if count:
-            types_pointer = &types_view[0]
         cap = <size_t>max(<uint64_t>page_size, held.total_length)
         if cap > PAGE_STACK_OUT_BYTES:
             out = <uint8_t *>PyMem_Malloc(cap)
@@ -523,9 +573,9 @@ def coalesce_buf(uint32_t page_size, buf, types, payload_offsets, payload_length
     cdef Py_ssize_t i
     cdef uint64_t total = 0
     _page_size_check(page_size, "coalesce_buf")
-    types_view = types if isinstance(types, bytes) else _np_array(types, "uint8")
-    offsets_view = _np_array(payload_offsets, "uint64")
-    lengths_view = _np_array(payload_lengths, "uint32")
+    types_view = _as_u8(types)
+    offsets_view = _as_u64(payload_offsets)
+    lengths_view = _as_u32(payload_lengths)
     if not (types_view.shape[0] == offsets_view.shape[0] == lengths_view.shape[0]) \
             or types_view.shape[0] > 0x7FFFFFFF:
         raise ValueError("coalesce_buf: %d types, %d offsets and %d lengths; one per record"
@@ -563,3 +613,33 @@ def coalesce_buf(uint32_t page_size, buf, types, payload_offsets, payload_length
         if out != stack_out:
             PyMem_Free(out)
         PyBuffer_Release(&b)
+
+
+def _page_bench_delta(old_page, new_page, unsigned int iterations):
+    """Benchmark helper: compute the delta ``iterations`` times in C, without the GIL and
+    without the Python call overhead; returns the last delta."""
+    cdef Py_buffer a, b
+    cdef uint8_t out[65536 + 8]
+    cdef size_t written = 0
+    cdef unsigned int i
+    cdef int rc = AUR_OK
+    PyObject_GetBuffer(old_page, &a, PyBUF_SIMPLE | PyBUF_ANY_CONTIGUOUS)
+    try:
+        PyObject_GetBuffer(new_page, &b, PyBUF_SIMPLE | PyBUF_ANY_CONTIGUOUS)
+        try:
+            if a.len != b.len:
+                raise ValueError("_page_bench_delta: pages of different sizes")
+            _page_size_check(a.len, "_page_bench_delta")
+            with nogil:
+                for i in range(iterations):
+                    rc = aur_page_delta(<const uint8_t *>a.buf, <const uint8_t *>b.buf,
+                                        <uint32_t>a.len, out, sizeof(out), &written)
+                    if rc != AUR_OK:
+                        break
+            if rc != AUR_OK:
+                raise_status(rc, "_page_bench_delta")
+            return PyBytes_FromStringAndSize(<char *>out, <Py_ssize_t>written)
+        finally:
+            PyBuffer_Release(&b)
+    finally:
+        PyBuffer_Release(&a)

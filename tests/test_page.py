@@ -409,3 +409,18 @@ def test_coalesce_reports_the_failing_record():
         assert info.value.index == 1
     with pytest.raises(errors.UnknownTypeError):
         native.coalesce(4096, [DELTA, 17], [b"", b"\0\0\0\0"])
+
+
+def test_long_chains_and_every_array_form():
+    """More records than fit the inline pointer arrays; types as list, bytes and numpy."""
+    n = 4096
+    types, lsns, prevs, payloads = make_chain(n, 100, first_lsn=10)
+    payloads = [bytearray(p) if i % 3 == 0 else p for i, p in enumerate(payloads)]
+    expected = reference.coalesce(n, types, payloads)
+    for form in (list, bytes, lambda t: np.array(t, np.uint8)):
+        assert native.coalesce(n, form(types), payloads) == expected
+    page, page_reference = bytearray(n), bytearray(n)
+    assert native.apply_chain(page, 0, np.array(types, np.uint8), np.array(lsns, np.int64),
+                              prevs, payloads) == lsns[-1]
+    reference.apply_chain(page_reference, 0, types, lsns, prevs, payloads)
+    assert page == page_reference
