@@ -145,7 +145,7 @@ def apply(page, type, payload):
     """Apply one record to ``page`` (writable buffer) in place; untouched on error."""
     target = memoryview(page).cast("B")
     if target.readonly:
-        raise TypeError("apply: the page must be a writable buffer")
+        raise BufferError("apply: the page must be a writable buffer")
     n = len(target)
     _check_page_size(n, "apply")
     payload = memoryview(payload).cast("B")
