@@ -160,12 +160,15 @@ def _column(values, dtype, Py_ssize_t n, str name):
     """``values`` (a sequence, array or scalar) as a contiguous length-n array of ``dtype``;
     ValueError if a value does not fit."""
     array = np.asarray(values)
-    if array.dtype.kind == "O":
-        try:
-            array = np.array(values, dtype=dtype)
-        except (OverflowError, TypeError) as exc:
-            raise ValueError("%s: %s" % (name, exc)) from None
-    elif array.dtype.kind not in "uib":
+    if array.dtype.kind == "O" or (array.dtype.kind == "f" and array.size
+                                   and not isinstance(values, np.ndarray)):
+        # Python ints beyond int64 (numpy makes those object or float arrays): check each.
+        limit = np.iinfo(dtype).max
+        checked = [operator.index(v) for v in np.ravel(np.asarray(values, dtype=object))]
+        if any(v < 0 or v > limit for v in checked):
+            raise ValueError("%s: values must be in [0, %d]" % (name, limit))
+        array = np.array(checked, dtype=dtype).reshape(np.shape(values))
+    elif array.dtype.kind not in "uib" and array.size:
         raise TypeError("%s must hold integers, not %s" % (name, array.dtype))
     if array.size:
         limits = np.iinfo(dtype)
