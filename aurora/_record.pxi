@@ -3,7 +3,8 @@
 
 import operator
 from collections import namedtuple
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize,
+                            PyBytes_GET_SIZE)
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.string cimport memset
 from libc.stdint cimport uint16_t
@@ -159,6 +160,9 @@ def crc_unmask(uint32_t masked):
 def _column(values, dtype, Py_ssize_t n, str name):
     """``values`` (a sequence, array or scalar) as a contiguous length-n array of ``dtype``;
     ValueError if a value does not fit."""
+    if (type(values) is np.ndarray and values.dtype == dtype and values.ndim == 1
+            and values.shape[0] == n and values.flags.c_contiguous):
+        return values   # the hot path: already the right array, every value fits
     array = np.asarray(values)
     if array.dtype.kind == "O" or (array.dtype.kind == "f" and array.size
                                    and not isinstance(values, np.ndarray)):
@@ -238,7 +242,10 @@ cdef object _encode(bint with_header, uint64_t volume_id, uint32_t pg, uint64_t 
     cdef const uint8_t[::1] flags_v = _column(flags, np.uint8, n, "flags")
 
     cdef Py_buffer *views = <Py_buffer *>PyMem_Calloc(<size_t>n if n else 1, sizeof(Py_buffer))
-    if views == NULL:
+    cdef uint8_t *owned = <uint8_t *>PyMem_Calloc(<size_t>n if n else 1, 1)
+    if views == NULL or owned == NULL:
+        PyMem_Free(views)
+        PyMem_Free(owned)
         raise MemoryError()
     cdef Py_ssize_t acquired = 0
     cdef Py_ssize_t i
@@ -249,7 +256,14 @@ cdef object _encode(bint with_header, uint64_t volume_id, uint32_t pg, uint64_t 
     cdef uint8_t *out
     try:
         for i in range(n):
-            PyObject_GetBuffer(payloads[i], &views[i], PyBUF_SIMPLE | PyBUF_ANY_CONTIGUOUS)
+            payload = payloads[i]
+            if PyBytes_CheckExact(payload):
+                # bytes need no buffer acquisition: the list keeps them alive.
+                views[i].buf = PyBytes_AS_STRING(payload)
+                views[i].len = PyBytes_GET_SIZE(payload)
+            else:
+                PyObject_GetBuffer(payload, &views[i], PyBUF_SIMPLE | PyBUF_ANY_CONTIGUOUS)
+                owned[i] = 1
             acquired += 1
             if <size_t>views[i].len > AUR_RECORD_PAYLOAD_MAX:
                 raise_status(AUR_E_LENGTH, "%s: record %d has a %d-byte payload (max %d)"
@@ -288,8 +302,10 @@ cdef object _encode(bint with_header, uint64_t volume_id, uint32_t pg, uint64_t 
         return result
     finally:
         for i in range(acquired):
-            PyBuffer_Release(&views[i])
+            if owned[i]:
+                PyBuffer_Release(&views[i])
         PyMem_Free(views)
+        PyMem_Free(owned)
 
 
 def encode_batch(volume_id, pg, volume_epoch, membership_epoch, lsn, prev_lsn_pg,
