@@ -1,0 +1,147 @@
+"""A blocking client for one storage node (docs/protocol.md).
+
+Used by tests and tools now, and by the writer's drivers later.  Not thread-safe: give each
+thread its own client.  Requests may be pipelined with send()/receive(); replies come back in
+request order on one connection.
+"""
+import socket
+
+from aurora import errors, protocol as p
+from aurora.node.server import parse_address
+
+RECV_BYTES = 1 << 20
+
+
+class NodeClient:
+    def __init__(self, address, timeout=10.0, volume_id=0, volume_epoch=0, membership_epoch=0):
+        family, sockaddr = parse_address(address)
+        self.address = address
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(sockaddr)
+        if family != socket.AF_UNIX:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = p.FrameReader()
+        self._frames = []
+        self._next_id = 1
+        self.volume_id = volume_id
+        self.volume_epoch = volume_epoch
+        self.membership_epoch = membership_epoch
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- framing -----------------------------------------------------------------------
+
+    def send(self, type, body=b"", volume_id=None, volume_epoch=None, membership_epoch=None):
+        request_id = self._next_id
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+        self.sock.sendall(p.encode_frame(
+            type, body, request_id,
+            self.volume_id if volume_id is None else volume_id,
+            self.volume_epoch if volume_epoch is None else volume_epoch,
+            self.membership_epoch if membership_epoch is None else membership_epoch))
+        return request_id
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def receive(self, raise_errors=True):
+        """The next reply frame; an ERROR frame raises its exception unless told not to."""
+        while not self._frames:
+            data = self.sock.recv(RECV_BYTES)
+            if not data:
+                raise ConnectionError("node at %s closed the connection" % self.address)
+            self.reader.feed(data)
+            self._frames.extend(self.reader.frames())
+        frame = self._frames.pop(0)
+        if raise_errors and frame.type == p.FRAME_ERROR:
+            p.raise_error_frame(frame)
+        return frame
+
+    def request(self, type, body=b"", expect=None, **epochs):
+        self.send(type, body, **epochs)
+        frame = self.receive()
+        if expect is not None and frame.type != expect:
+            raise errors.FormatError("expected a %s reply, got %s"
+                                     % (p.FRAME_NAMES[expect], p.FRAME_NAMES.get(frame.type, frame.type)))
+        return frame
+
+    # ---- requests ----------------------------------------------------------------------
+
+    def create_segment(self, pg, page_size, pages_per_pg):
+        frame = self.request(p.FRAME_CREATE_SEGMENT, p.CREATE_SEGMENT_BODY.pack(pg, page_size, pages_per_pg),
+                             p.FRAME_OK)
+        return p.OK_BODY.unpack_from(frame.body)
+
+    def append(self, batch):
+        """Send one batch; returns (pg, scl, last_lsn) from the ACK (after the node synced)."""
+        frame = self.request(p.FRAME_APPEND, batch, p.FRAME_ACK)
+        pg, _, scl, last_lsn = p.ACK_BODY.unpack_from(frame.body)
+        return pg, scl, last_lsn
+
+    def append_many(self, batches):
+        """Pipeline many batches on this connection; returns every ACK's (pg, scl, last_lsn)."""
+        for batch in batches:
+            self.send(p.FRAME_APPEND, batch)
+        acks = []
+        for _ in batches:
+            frame = self.receive()
+            pg, _, scl, last_lsn = p.ACK_BODY.unpack_from(frame.body)
+            acks.append((pg, scl, last_lsn))
+        return acks
+
+    def get_page(self, pg, page_no, read_lsn):
+        """GetPage@LSN: (page bytes, page LSN)."""
+        frame = self.request(p.FRAME_GET_PAGE, p.GET_PAGE_BODY.pack(pg, page_no, read_lsn), p.FRAME_PAGE)
+        page_no_back, page_size, page_lsn, _ = p.PAGE_BODY.unpack_from(frame.body)
+        page = bytes(frame.body[p.PAGE_BODY.size:])
+        if page_no_back != page_no or len(page) != page_size:
+            raise errors.FormatError("PAGE reply for page %d of %d bytes, asked for page %d"
+                                     % (page_no_back, len(page), page_no))
+        return page, page_lsn
+
+    def status(self):
+        return p.parse_status_body(self.request(p.FRAME_STATUS, b"", p.FRAME_STATUS_REPLY).body)
+
+    def status_segment(self, pg, volume_id=None):
+        """The STATUS entry of one segment of this client's volume."""
+        volume_id = self.volume_id if volume_id is None else volume_id
+        for segment in self.status()["segments"]:
+            if segment["pg"] == pg and segment["volume_id"] == volume_id:
+                return segment
+        raise KeyError("node at %s holds no segment %d/%d" % (self.address, volume_id, pg))
+
+    def set_epoch(self, volume_epoch, membership_epoch=0, truncations=()):
+        """Raise the volume's epoch; ``truncations`` are (pg, after, through) ranges the node
+        drops durably before taking the new epoch."""
+        from aurora.node.core import TRUNCATION_ENTRY
+        body = p.SET_EPOCH_BODY.pack(volume_epoch, membership_epoch) + b"".join(
+            TRUNCATION_ENTRY.pack(pg, 0, after, through) for pg, after, through in truncations)
+        frame = self.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK)
+        return p.OK_BODY.unpack_from(frame.body)
+
+    def truncate(self, pg, after, through):
+        frame = self.request(p.FRAME_TRUNCATE, p.TRUNCATE_BODY.pack(pg, 0, after, through), p.FRAME_OK)
+        return p.OK_BODY.unpack_from(frame.body)
+
+    def gossip_scl(self, pg, my_scl=0):
+        frame = self.request(p.FRAME_GOSSIP_SCL, p.SCL_BODY.pack(pg, 0, my_scl), p.FRAME_GOSSIP_SCL)
+        return p.SCL_BODY.unpack_from(frame.body)[2]
+
+    def fetch(self, pg, after, through, max_bytes=1 << 20):
+        """Records with after < lsn <= through as one bytes object of back-to-back records,
+        plus the peer's SCL and the reply's epochs (the caller must check them)."""
+        frame = self.request(p.FRAME_FETCH, p.FETCH_BODY.pack(pg, max_bytes, after, through), p.FRAME_RECORDS)
+        _, count, scl = p.RECORDS_BODY.unpack_from(frame.body)
+        return bytes(frame.body[p.RECORDS_BODY.size:]), count, scl, frame.volume_epoch
+
+    def set_lwm(self, pg, lwm):
+        frame = self.request(p.FRAME_SET_LWM, p.SET_LWM_BODY.pack(pg, 0, lwm), p.FRAME_OK)
+        return p.OK_BODY.unpack_from(frame.body)[2]

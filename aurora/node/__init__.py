@@ -1,0 +1,1 @@
+"""The storage node: segment logs, page store, the sans-IO request core and its server."""

@@ -1,0 +1,315 @@
+"""The storage node's request core: frames in, reply frames out.
+
+The protocol logic (epoch fencing, dispatch, which replies must wait for durability) lives
+here with no sockets, threads or clocks, so the same code serves the real server
+(aurora/node/server.py) and can be driven by a simulator.  Storage is the Segment objects it
+owns; each reply is tagged with whether it may leave before the next log sync (an ACK never
+may: a node persists a record before it acknowledges it, DESIGN.md invariant 3).
+"""
+import os
+import struct
+
+from aurora import errors, protocol as p
+from aurora import _native
+from aurora.node.files import read_json, write_json_durably
+from aurora.node.segment import LOG_FILE_BYTES_DEFAULT, ReadPointRefused, Segment
+
+TRUNCATION_ENTRY = struct.Struct("<IIQQ")   # pg, reserved, after_lsn, through_lsn
+SET_EPOCH_TRUNCATIONS_MAX = 65536
+FETCH_MAX_BYTES_CAP = 16 * 1024 * 1024
+
+
+class Reply:
+    """One outgoing frame; ``after_sync`` holds it until the log is durable."""
+
+    __slots__ = ("data", "after_sync", "close")
+
+    def __init__(self, data, after_sync=False, close=False):
+        self.data = data
+        self.after_sync = after_sync
+        self.close = close
+
+
+class Volume:
+    """What a node knows of one volume: its epoch, kept durably in volume.json."""
+
+    def __init__(self, directory, volume_id, epoch):
+        self.directory = directory
+        self.volume_id = volume_id
+        self.epoch = epoch
+        self.segments = {}
+
+    def save(self):
+        write_json_durably(os.path.join(self.directory, "volume.json"),
+                           {"volume_id": self.volume_id, "volume_epoch": self.epoch})
+
+
+class NodeCore:
+    def __init__(self, data_dir, node_id, az, log_file_bytes=LOG_FILE_BYTES_DEFAULT):
+        self.data_dir = data_dir
+        self.node_id = node_id
+        self.az = az
+        self.log_file_bytes = log_file_bytes
+        self.volumes = {}
+        os.makedirs(os.path.join(data_dir, "volumes"), mode=0o700, exist_ok=True)
+        identity_path = os.path.join(data_dir, "node.json")
+        identity = read_json(identity_path)
+        if identity is None:
+            write_json_durably(identity_path, {"node_id": node_id, "az": az})
+        elif identity["node_id"] != node_id or identity["az"] != az:
+            raise errors.AuroraError(
+                "data directory %s belongs to node %r in %r, not node %r in %r"
+                % (data_dir, identity["node_id"], identity["az"], node_id, az))
+        self._load()
+
+    # ---- state -------------------------------------------------------------------------
+
+    def _volume_dir(self, volume_id):
+        return os.path.join(self.data_dir, "volumes", "%016x" % volume_id)
+
+    def _load(self):
+        root = os.path.join(self.data_dir, "volumes")
+        for name in sorted(os.listdir(root)):
+            meta = read_json(os.path.join(root, name, "volume.json"))
+            if meta is None:
+                continue
+            volume = Volume(os.path.join(root, name), meta["volume_id"], meta["volume_epoch"])
+            self.volumes[volume.volume_id] = volume
+            for entry in sorted(os.listdir(volume.directory)):
+                if not entry.startswith("pg-"):
+                    continue
+                seg_dir = os.path.join(volume.directory, entry)
+                state = read_json(os.path.join(seg_dir, "state.json"))
+                if state is None:
+                    continue
+                pg = int(entry[3:])
+                volume.segments[pg] = Segment(seg_dir, volume.volume_id, pg, state["page_size"],
+                                              state["pages_per_pg"], self.log_file_bytes)
+
+    def segments(self):
+        for volume in self.volumes.values():
+            for segment in volume.segments.values():
+                yield segment
+
+    def close(self):
+        for segment in self.segments():
+            segment.close()
+
+    # ---- dispatch ----------------------------------------------------------------------
+
+    def handle(self, frame):
+        """Serve one decoded request frame; returns a list of Reply."""
+        handler = self._handlers.get(frame.type)
+        try:
+            if handler is None:
+                raise p.BadRequestError("frame type %s is not a request"
+                                        % p.FRAME_NAMES.get(frame.type, frame.type))
+            return [handler(self, frame)]
+        except errors.FormatError as exc:
+            return [self._error(frame, p.ERROR_MALFORMED, str(exc), close=True)]
+        except (p.StaleEpochError, p.EpochAheadError, p.UnknownSegmentError,
+                p.BadRequestError) as exc:
+            return [self._error(frame, p.ERROR_CODES[type(exc)], str(exc))]
+        except ReadPointRefused as exc:
+            return [self._error(frame, p.ERROR_READ_POINT, str(exc))]
+        except errors.CorruptionError as exc:
+            return [self._error(frame, p.ERROR_CORRUPT, str(exc))]
+        except (ValueError, struct.error) as exc:
+            return [self._error(frame, p.ERROR_BAD_REQUEST, str(exc))]
+
+    def _reply(self, frame, type, body=b"", volume=None, after_sync=False, membership_epoch=0):
+        epoch = volume.epoch if volume is not None else 0
+        return Reply(p.encode_frame(type, body, frame.request_id, frame.volume_id, epoch,
+                                    membership_epoch), after_sync)
+
+    def _error(self, frame, code, message, close=False):
+        volume = self.volumes.get(frame.volume_id)
+        reply = self._reply(frame, p.FRAME_ERROR, p.error_body(code, message), volume)
+        reply.close = close
+        return reply
+
+    def _volume(self, volume_id):
+        volume = self.volumes.get(volume_id)
+        if volume is None:
+            raise p.UnknownSegmentError("node %s holds no volume %d" % (self.node_id, volume_id))
+        return volume
+
+    def _segment(self, volume, pg):
+        segment = volume.segments.get(pg)
+        if segment is None:
+            raise p.UnknownSegmentError("node %s holds no segment of volume %d PG %d"
+                                        % (self.node_id, volume.volume_id, pg))
+        return segment
+
+    def _check_epoch(self, volume, epoch, what):
+        if epoch < volume.epoch:
+            raise p.StaleEpochError("%s with volume epoch %d refused: volume %d is at epoch %d "
+                                    "(a newer writer has recovered it)" % (what, epoch, volume.volume_id, volume.epoch))
+        if epoch > volume.epoch:
+            raise p.EpochAheadError("%s with volume epoch %d: node %s is at epoch %d for volume %d; "
+                                    "send SET_EPOCH first" % (what, epoch, self.node_id, volume.epoch, volume.volume_id))
+
+    def _check_membership(self, segment, epoch, what):
+        if epoch < segment.membership_epoch:
+            raise p.StaleEpochError("%s with membership epoch %d refused: PG %d is at %d"
+                                    % (what, epoch, segment.pg, segment.membership_epoch))
+        if epoch > segment.membership_epoch:
+            raise p.EpochAheadError("%s with membership epoch %d: PG %d is at %d; send SET_EPOCH first"
+                                    % (what, epoch, segment.pg, segment.membership_epoch))
+
+    # ---- requests ----------------------------------------------------------------------
+
+    def _append(self, frame):
+        header, recs = _native.decode_batch(frame.body)
+        volume = self._volume(header.volume_id)
+        segment = self._segment(volume, header.pg)
+        self._check_epoch(volume, header.volume_epoch, "APPEND")
+        self._check_membership(segment, header.membership_epoch, "APPEND")
+        segment.check_batch(recs)
+        segment.append(frame.body, recs)
+        body = p.ACK_BODY.pack(header.pg, 0, segment.scl, header.last_lsn)
+        return self._reply(frame, p.FRAME_ACK, body, volume, after_sync=True,
+                           membership_epoch=segment.membership_epoch)
+
+    def _get_page(self, frame):
+        pg, page_no, read_lsn = p.GET_PAGE_BODY.unpack_from(frame.body)
+        volume = self._volume(frame.volume_id)
+        self._check_epoch(volume, frame.volume_epoch, "GET_PAGE")
+        segment = self._segment(volume, pg)
+        page, page_lsn = segment.get_page(page_no, read_lsn)
+        body = p.PAGE_BODY.pack(page_no, segment.page_size, page_lsn, read_lsn) + page
+        return self._reply(frame, p.FRAME_PAGE, body, volume)
+
+    def _status(self, frame):
+        status = {
+            "node_id": self.node_id,
+            "az": self.az,
+            "pid": os.getpid(),
+            "volumes": {str(v.volume_id): {"volume_epoch": v.epoch} for v in self.volumes.values()},
+            "segments": [s.status() for s in self.segments()],
+        }
+        return self._reply(frame, p.FRAME_STATUS_REPLY, p.status_body(status),
+                           self.volumes.get(frame.volume_id))
+
+    def _create_segment(self, frame):
+        pg, page_size, pages_per_pg = p.CREATE_SEGMENT_BODY.unpack_from(frame.body)
+        if page_size < _native.PAGE_SIZE_MIN or page_size > _native.PAGE_SIZE_MAX or page_size & (page_size - 1):
+            raise p.BadRequestError("page size %d is not a power of two in [%d, %d]"
+                                    % (page_size, _native.PAGE_SIZE_MIN, _native.PAGE_SIZE_MAX))
+        if pages_per_pg < 1:
+            raise p.BadRequestError("a PG needs at least one page")
+        volume = self.volumes.get(frame.volume_id)
+        if volume is None:
+            directory = self._volume_dir(frame.volume_id)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            volume = Volume(directory, frame.volume_id, frame.volume_epoch)
+            volume.save()
+            self.volumes[frame.volume_id] = volume
+        else:
+            self._check_epoch(volume, frame.volume_epoch, "CREATE_SEGMENT")
+        segment = volume.segments.get(pg)
+        if segment is None:
+            segment = Segment(os.path.join(volume.directory, "pg-%d" % pg), frame.volume_id, pg,
+                              page_size, pages_per_pg, self.log_file_bytes)
+            segment.set_membership_epoch(frame.membership_epoch)
+            volume.segments[pg] = segment
+        elif segment.page_size != page_size or segment.pages_per_pg != pages_per_pg:
+            raise p.BadRequestError("segment %d/%d exists with %d-byte pages and %d pages per PG"
+                                    % (frame.volume_id, pg, segment.page_size, segment.pages_per_pg))
+        return self._reply(frame, p.FRAME_OK, p.OK_BODY.pack(volume.epoch, segment.membership_epoch, segment.scl),
+                           volume, membership_epoch=segment.membership_epoch)
+
+    def _set_epoch(self, frame):
+        new_epoch, new_membership = p.SET_EPOCH_BODY.unpack_from(frame.body)
+        volume = self._volume(frame.volume_id)
+        if new_epoch < volume.epoch:
+            raise p.StaleEpochError("SET_EPOCH to %d refused: volume %d is already at epoch %d"
+                                    % (new_epoch, volume.volume_id, volume.epoch))
+        # Truncation ranges ride with the epoch bump: a node must drop the old writer's
+        # records above VDL before it accepts a single record of the new epoch.
+        rest = frame.body[p.SET_EPOCH_BODY.size:]
+        if len(rest) % TRUNCATION_ENTRY.size or len(rest) // TRUNCATION_ENTRY.size > SET_EPOCH_TRUNCATIONS_MAX:
+            raise errors.LengthError("SET_EPOCH truncation list of %d bytes is malformed" % len(rest))
+        truncations = [TRUNCATION_ENTRY.unpack_from(rest, i) for i in range(0, len(rest), TRUNCATION_ENTRY.size)]
+        for pg, _, after, through in truncations:
+            if through < after:
+                raise p.BadRequestError("truncation range (%d, %d] of PG %d is empty" % (after, through, pg))
+        if new_epoch > volume.epoch:
+            for pg, _, after, through in truncations:
+                segment = volume.segments.get(pg)
+                if segment is not None:
+                    segment.truncate(after, through)
+            volume.epoch = new_epoch
+            volume.save()
+        for segment in volume.segments.values():
+            if new_membership > segment.membership_epoch:
+                segment.set_membership_epoch(new_membership)
+        return self._reply(frame, p.FRAME_OK, p.OK_BODY.pack(volume.epoch, new_membership, 0), volume)
+
+    def _truncate(self, frame):
+        pg, _, after, through = p.TRUNCATE_BODY.unpack_from(frame.body)
+        volume = self._volume(frame.volume_id)
+        self._check_epoch(volume, frame.volume_epoch, "TRUNCATE")
+        segment = self._segment(volume, pg)
+        if through < after:
+            raise p.BadRequestError("truncation range (%d, %d] is empty" % (after, through))
+        segment.truncate(after, through)
+        return self._reply(frame, p.FRAME_OK, p.OK_BODY.pack(volume.epoch, segment.membership_epoch, segment.scl),
+                           volume)
+
+    def _gossip_scl(self, frame):
+        pg, _, peer_scl = p.SCL_BODY.unpack_from(frame.body)
+        volume = self._volume(frame.volume_id)
+        self._check_epoch(volume, frame.volume_epoch, "GOSSIP_SCL")
+        segment = self._segment(volume, pg)
+        return self._reply(frame, p.FRAME_GOSSIP_SCL, p.SCL_BODY.pack(pg, 0, segment.scl), volume,
+                           membership_epoch=segment.membership_epoch)
+
+    def _fetch(self, frame):
+        pg, max_bytes, after, through = p.FETCH_BODY.unpack_from(frame.body)
+        volume = self._volume(frame.volume_id)
+        self._check_epoch(volume, frame.volume_epoch, "FETCH")
+        segment = self._segment(volume, pg)
+        records = segment.fetch(after, through, min(max_bytes, FETCH_MAX_BYTES_CAP))
+        body = [p.RECORDS_BODY.pack(pg, len(records), segment.scl)] + records
+        return self._reply(frame, p.FRAME_RECORDS, body, volume, membership_epoch=segment.membership_epoch)
+
+    def _set_lwm(self, frame):
+        pg, _, lwm = p.SET_LWM_BODY.unpack_from(frame.body)
+        volume = self._volume(frame.volume_id)
+        self._check_epoch(volume, frame.volume_epoch, "SET_LWM")
+        segment = self._segment(volume, pg)
+        value = segment.set_lwm(lwm)
+        return self._reply(frame, p.FRAME_OK, p.OK_BODY.pack(volume.epoch, segment.membership_epoch, value), volume)
+
+    _handlers = {
+        p.FRAME_APPEND: _append,
+        p.FRAME_GET_PAGE: _get_page,
+        p.FRAME_STATUS: _status,
+        p.FRAME_CREATE_SEGMENT: _create_segment,
+        p.FRAME_SET_EPOCH: _set_epoch,
+        p.FRAME_TRUNCATE: _truncate,
+        p.FRAME_GOSSIP_SCL: _gossip_scl,
+        p.FRAME_FETCH: _fetch,
+        p.FRAME_SET_LWM: _set_lwm,
+    }
+
+    # ---- background work ---------------------------------------------------------------
+
+    def background_step(self, materialize_pages=64, scrub_bytes=256 * 1024, gc=False):
+        """One bounded slice of background work over every segment."""
+        work = 0
+        for segment in list(self.segments()):
+            work += segment.materialize_step(materialize_pages)
+            if scrub_bytes:
+                segment.scrub_step(scrub_bytes)
+            if gc:
+                dropped, deleted = segment.gc_step()
+                work += dropped + deleted
+        return work
+
+    def dirty_fds(self):
+        fds = []
+        for segment in self.segments():
+            fds.extend(segment.dirty_fds())
+        return fds

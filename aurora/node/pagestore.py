@@ -1,0 +1,231 @@
+"""The page store: materialized page versions in one memory-mapped file.
+
+File layout: a 64-byte file header, then fixed-size slots of SLOT_HEADER_SIZE + page_size
+bytes.  A slot header is
+
+    offset size field
+     0      4   crc        masked CRC32C of bytes [4, SLOT_HEADER_SIZE + page_size) of the slot
+     4      4   flags      SLOT_IN_USE or 0
+     8      4   page_no
+    12      4   page_size
+    16      8   page_lsn   the LSN of the last record this image includes
+    24      8   reserved   zero
+
+A version is written page bytes first and its crc+flags word last, so a process killed in
+the middle leaves a slot that reads as free, never as a torn page.  A slot whose flags say
+in use but whose CRC fails is corruption: it is reported and never served.
+"""
+import mmap
+import os
+import struct
+
+from aurora import errors
+from aurora._native import crc32c
+from aurora.node.files import fsync_directory
+
+FILE_HEADER = struct.Struct("<IHHIIQIIQ")  # magic, version, flags, crc, page_size, volume, pg, reserved, reserved
+FILE_HEADER_SIZE = 64
+FILE_MAGIC = 0x50525541  # "AURP"
+FILE_VERSION = 1
+SLOT_HEADER = struct.Struct("<IIIIQQ")
+SLOT_HEADER_SIZE = SLOT_HEADER.size
+assert SLOT_HEADER_SIZE == 32
+SLOT_IN_USE = 1
+SLOTS_INITIAL = 64
+
+
+def _mask(crc):
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+class PageStore:
+    """Page versions of one segment.  Not thread-safe: the node's loop owns it."""
+
+    def __init__(self, path, volume_id, pg, page_size):
+        self.path = path
+        self.volume_id = volume_id
+        self.pg = pg
+        self.page_size = page_size
+        self.slot_size = SLOT_HEADER_SIZE + page_size
+        self.versions = {}        # page_no -> sorted list of [lsn, slot]
+        self.free_slots = []
+        self.corrupt_slots = []   # (slot, offset) found by open or scrub
+        self.dirty = False
+        self.scrub_cursor = 0
+        exists = os.path.exists(path)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        if not exists or os.fstat(self.fd).st_size == 0:
+            self._create()
+        size = os.fstat(self.fd).st_size
+        self.capacity = (size - FILE_HEADER_SIZE) // self.slot_size
+        self.mm = mmap.mmap(self.fd, size)
+        self._check_header()
+        self._load()
+
+    # ---- file management ---------------------------------------------------------------
+
+    def _create(self):
+        size = FILE_HEADER_SIZE + SLOTS_INITIAL * self.slot_size
+        os.ftruncate(self.fd, size)
+        header = bytearray(FILE_HEADER_SIZE)
+        FILE_HEADER.pack_into(header, 0, FILE_MAGIC, FILE_VERSION, 0, 0, self.page_size,
+                              self.volume_id, self.pg, 0, 0)
+        struct.pack_into("<I", header, 8, _mask(crc32c(memoryview(header)[12:])))
+        os.pwrite(self.fd, bytes(header), 0)
+        os.fsync(self.fd)
+        fsync_directory(os.path.dirname(self.path))
+
+    def _check_header(self):
+        magic, version, flags, crc, page_size, volume, pg, _, _ = FILE_HEADER.unpack_from(self.mm)
+        if magic != FILE_MAGIC or _mask(crc32c(memoryview(self.mm)[12:FILE_HEADER_SIZE])) != crc:
+            raise errors.CorruptionError("page store header is damaged", self.path, 0)
+        if version != FILE_VERSION:
+            raise errors.VersionError("page store version %d, this build reads %d"
+                                      % (version, FILE_VERSION), 4)
+        if page_size != self.page_size or volume != self.volume_id or pg != self.pg:
+            raise errors.CorruptionError(
+                "page store belongs to volume %d PG %d with %d-byte pages, expected %d/%d/%d"
+                % (volume, pg, page_size, self.volume_id, self.pg, self.page_size), self.path, 0)
+
+    def _load(self):
+        for slot in range(self.capacity - 1, -1, -1):
+            state = self._check_slot(slot)
+            if state is None:
+                self.free_slots.append(slot)
+            elif state is False:
+                self.corrupt_slots.append((slot, self._slot_offset(slot)))
+            else:
+                page_no, lsn = state
+                self._insert_version(page_no, lsn, slot)
+
+    def _slot_offset(self, slot):
+        return FILE_HEADER_SIZE + slot * self.slot_size
+
+    def _check_slot(self, slot):
+        """None: free; False: in use but damaged; (page_no, lsn): a good version."""
+        off = self._slot_offset(slot)
+        crc, flags, page_no, page_size, lsn, _ = SLOT_HEADER.unpack_from(self.mm, off)
+        if flags == 0:
+            return None
+        view = memoryview(self.mm)[off + 4:off + self.slot_size]
+        try:
+            if flags != SLOT_IN_USE or page_size != self.page_size or _mask(crc32c(view)) != crc:
+                return False
+        finally:
+            view.release()
+        return page_no, lsn
+
+    def _grow(self):
+        old = self.capacity
+        new = old * 2
+        self.mm.flush()
+        self.mm.close()
+        os.ftruncate(self.fd, FILE_HEADER_SIZE + new * self.slot_size)
+        self.mm = mmap.mmap(self.fd, FILE_HEADER_SIZE + new * self.slot_size)
+        self.capacity = new
+        self.free_slots.extend(range(new - 1, old - 1, -1))
+
+    def _insert_version(self, page_no, lsn, slot):
+        versions = self.versions.setdefault(page_no, [])
+        versions.append([lsn, slot])
+        if len(versions) > 1 and versions[-2][0] > lsn:
+            versions.sort()
+
+    # ---- versions ----------------------------------------------------------------------
+
+    def newest(self, page_no, at_or_below):
+        """(lsn, slot) of the newest version with lsn <= at_or_below, or None."""
+        best = None
+        for entry in self.versions.get(page_no, ()):
+            if entry[0] <= at_or_below:
+                best = entry
+            else:
+                break
+        return best
+
+    def newest_lsn(self, page_no):
+        versions = self.versions.get(page_no)
+        return versions[-1][0] if versions else 0
+
+    def read(self, slot, page_no):
+        """The page image in ``slot``, CRC-checked on every read."""
+        state = self._check_slot(slot)
+        if not state or state[0] != page_no:
+            off = self._slot_offset(slot)
+            self.corrupt_slots.append((slot, off))
+            raise errors.CorruptionError("page %d version in slot %d failed its CRC" % (page_no, slot),
+                                         self.path, off)
+        off = self._slot_offset(slot) + SLOT_HEADER_SIZE
+        return self.mm[off:off + self.page_size]
+
+    def write(self, page_no, lsn, page):
+        """Store a new version; durable after the next sync()."""
+        if len(page) != self.page_size:
+            raise ValueError("page of %d bytes, store holds %d" % (len(page), self.page_size))
+        if not self.free_slots:
+            self._grow()
+        slot = self.free_slots.pop()
+        off = self._slot_offset(slot)
+        self.mm[off + SLOT_HEADER_SIZE:off + self.slot_size] = page
+        SLOT_HEADER.pack_into(self.mm, off, 0, 0, page_no, self.page_size, lsn, 0)
+        crc = _mask(crc32c(struct.pack("<I", SLOT_IN_USE) + bytes(self.mm[off + 8:off + self.slot_size])))
+        # The crc+flags word goes last: until it lands the slot reads as free.
+        struct.pack_into("<II", self.mm, off, crc, SLOT_IN_USE)
+        self._insert_version(page_no, lsn, slot)
+        self.dirty = True
+        return slot
+
+    def drop_versions(self, page_no, predicate):
+        """Free every version of ``page_no`` whose lsn satisfies ``predicate``."""
+        versions = self.versions.get(page_no)
+        if not versions:
+            return 0
+        keep = []
+        dropped = 0
+        for lsn, slot in versions:
+            if predicate(lsn):
+                struct.pack_into("<II", self.mm, self._slot_offset(slot), 0, 0)
+                self.free_slots.append(slot)
+                dropped += 1
+            else:
+                keep.append([lsn, slot])
+        if keep:
+            self.versions[page_no] = keep
+        else:
+            del self.versions[page_no]
+        if dropped:
+            self.dirty = True
+        return dropped
+
+    def version_count(self):
+        return sum(len(v) for v in self.versions.values())
+
+    def sync(self):
+        if self.dirty:
+            self.dirty = False
+            os.fdatasync(self.fd)
+
+    def scrub_step(self, max_slots):
+        """Check up to ``max_slots`` slots; return the damaged ones found."""
+        found = []
+        for _ in range(min(max_slots, self.capacity)):
+            slot = self.scrub_cursor
+            self.scrub_cursor = (self.scrub_cursor + 1) % self.capacity
+            if self._check_slot(slot) is False:
+                entry = (slot, self._slot_offset(slot))
+                if entry not in self.corrupt_slots:
+                    self.corrupt_slots.append(entry)
+                found.append(entry)
+                for page_no, versions in list(self.versions.items()):
+                    if any(s == slot for _, s in versions):
+                        self.versions[page_no] = [v for v in versions if v[1] != slot]
+                        if not self.versions[page_no]:
+                            del self.versions[page_no]
+        return found
+
+    def close(self):
+        try:
+            self.sync()
+        finally:
+            self.mm.close()
+            os.close(self.fd)

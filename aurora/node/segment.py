@@ -1,0 +1,641 @@
+"""One segment: the redo log of one protection group (PG) of one volume on this node, its
+in-memory index, SCL tracking, materialization, garbage collection and scrubbing.
+
+Log files are preallocated, memory-mapped and appended in arrival order.  Each holds a 64-byte
+file header and then whole records back to back, exactly as they arrived (each carries its own
+CRC32C), so a restart rebuilds everything by scanning: a torn tail is the end of the log;
+damage in the middle is corruption, reported with file and offset, and the records after it
+are kept.
+
+Invariants kept here (DESIGN.md section 2): a record is acknowledged only after sync() has made
+it durable (the server enforces the order); SCL only moves forward within an epoch; a read at
+read point R returns exactly the page after all records <= R and is refused when R is above
+SCL or below the low-water mark; no page or record is served without its CRC checked.
+"""
+import bisect
+import mmap
+import os
+import struct
+
+import numpy as np
+
+from aurora import errors
+from aurora import _native
+from aurora.node.files import fsync_directory, preallocate, read_json, write_json_durably
+from aurora.node.pagestore import PageStore
+
+LOG_HEADER = struct.Struct("<IHHIIQIIQ")  # magic, version, flags, crc, reserved, volume, pg, reserved, seq
+LOG_HEADER_SIZE = 64
+LOG_MAGIC = 0x4C525541  # "AURL"
+LOG_VERSION = 1
+LOG_FILE_BYTES_DEFAULT = 64 * 1024 * 1024
+LOG_FILE_BYTES_MIN = 64 * 1024
+RECORD_HEADER_SIZE = _native.RECORD_HEADER_SIZE
+SCAN_RECORDS_PER_CALL = 65536
+# How far past a torn tail the restart clears old bytes, so that a later append followed by a
+# crash can never be mistaken for damage in the middle of the log.
+TORN_TAIL_CLEAR_CHUNK = 64 * 1024
+PAGE_TYPES = frozenset((_native.REC_DELTA, _native.REC_IMAGE, _native.REC_ZERO))
+
+# Index entry fields (a list per record, kept small and flat).
+I_FILE, I_OFFSET, I_LENGTH, I_PAGE, I_TYPE, I_FLAGS, I_PREV_PG, I_PREV_PAGE = range(8)
+
+
+def _mask(crc):
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _first_nonzero(view, start, chunk=1 << 20):
+    """Offset of the first non-zero byte at or after ``start``, or None."""
+    position = start
+    total = len(view)
+    while position < total:
+        block = np.frombuffer(view, dtype=np.uint8, count=min(chunk, total - position), offset=position)
+        hits = np.flatnonzero(block)
+        if len(hits):
+            return position + int(hits[0])
+        position += len(block)
+    return None
+
+
+class ReadPointRefused(errors.AuroraError):
+    """GetPage@LSN at a read point this segment cannot serve."""
+
+
+class LogFile:
+    """One preallocated, memory-mapped log file."""
+
+    def __init__(self, path, seq, fd, mm, size):
+        self.path = path
+        self.seq = seq
+        self.fd = fd
+        self.mm = mm
+        self.size = size
+        self.tail = LOG_HEADER_SIZE
+        self.lsns = []           # LSNs of the records indexed in this file
+        self.synced_tail = LOG_HEADER_SIZE
+
+    @classmethod
+    def create(cls, path, seq, size, volume_id, pg):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        preallocate(fd, size)
+        header = bytearray(LOG_HEADER_SIZE)
+        LOG_HEADER.pack_into(header, 0, LOG_MAGIC, LOG_VERSION, 0, 0, 0, volume_id, pg, 0, seq)
+        struct.pack_into("<I", header, 8, _mask(_native.crc32c(memoryview(header)[12:])))
+        os.pwrite(fd, bytes(header), 0)
+        os.fsync(fd)
+        fsync_directory(os.path.dirname(path))
+        return cls(path, seq, fd, mmap.mmap(fd, size), size)
+
+    @classmethod
+    def open(cls, path, seq, volume_id, pg):
+        fd = os.open(path, os.O_RDWR)
+        size = os.fstat(fd).st_size
+        if size < LOG_HEADER_SIZE:
+            os.close(fd)
+            raise errors.CorruptionError("log file is shorter than its header", path, 0)
+        mm = mmap.mmap(fd, size)
+        self = cls(path, seq, fd, mm, size)
+        magic, version, flags, crc, _, volume, file_pg, _, file_seq = LOG_HEADER.unpack_from(mm)
+        if magic != LOG_MAGIC or _mask(_native.crc32c(memoryview(mm)[12:LOG_HEADER_SIZE])) != crc:
+            self.close()
+            raise errors.CorruptionError("log file header is damaged", path, 0)
+        if version != LOG_VERSION:
+            self.close()
+            raise errors.VersionError("log file version %d, this build reads %d" % (version, LOG_VERSION), 4)
+        if volume != volume_id or file_pg != pg or file_seq != seq:
+            self.close()
+            raise errors.CorruptionError("log file belongs to volume %d PG %d seq %d" % (volume, file_pg, file_seq), path, 0)
+        return self
+
+    def room(self):
+        return self.size - self.tail
+
+    def append(self, data):
+        offset = self.tail
+        self.mm[offset:offset + len(data)] = data
+        self.tail = offset + len(data)
+        return offset
+
+    def close(self):
+        self.mm.close()
+        os.close(self.fd)
+
+
+class Segment:
+    """The log, index and pages of one (volume, PG) on this node."""
+
+    def __init__(self, directory, volume_id, pg, page_size, pages_per_pg,
+                 log_file_bytes=LOG_FILE_BYTES_DEFAULT):
+        if log_file_bytes < LOG_FILE_BYTES_MIN:
+            raise ValueError("log files must be at least %d bytes" % LOG_FILE_BYTES_MIN)
+        self.directory = directory
+        self.volume_id = volume_id
+        self.pg = pg
+        self.page_size = page_size
+        self.pages_per_pg = pages_per_pg
+        self.log_file_bytes = max(log_file_bytes, 2 * (RECORD_HEADER_SIZE + page_size) + LOG_HEADER_SIZE)
+        self.files = []           # LogFile, in sequence order
+        self.records = {}         # lsn -> index entry (see I_*)
+        self.page_chains = {}     # page_no -> sorted LSNs of that page's records
+        self.successor = {}       # prev_lsn_pg -> lsn, for records above SCL
+        self.scl = 0
+        self.max_lsn = 0
+        self.corruption = []      # human-readable reports: "file@offset: what"
+        self.scrub = {"log_bytes_checked": 0, "page_slots_checked": 0, "passes": 0, "damage": 0}
+        self._scrub_file = 0
+        self._scrub_offset = LOG_HEADER_SIZE
+        self._dirty_files = set()
+        self._dirty_pages = set()
+        self._pass = None         # materialization pass: (target LSN, pages left)
+        state = read_json(self._state_path())
+        if state is None:
+            state = {"page_size": page_size, "pages_per_pg": pages_per_pg, "membership_epoch": 0,
+                     "truncations": [], "lwm": 0, "materialized_lsn": 0, "gc_lsn": 0,
+                     "needs_repair": False}
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            write_json_durably(self._state_path(), state)
+        elif state["page_size"] != page_size or state["pages_per_pg"] != pages_per_pg:
+            raise errors.CorruptionError("segment geometry on disk (%d-byte pages, %d per PG) differs "
+                                         "from the request (%d, %d)" % (state["page_size"], state["pages_per_pg"],
+                                                                        page_size, pages_per_pg),
+                                         self._state_path())
+        self.state = state
+        self.pages = PageStore(os.path.join(directory, "pages.aur"), volume_id, pg, page_size)
+        for slot, offset in self.pages.corrupt_slots:
+            self._report("pages.aur@%d: page version in slot %d failed its CRC" % (offset, slot))
+        self._scan_logs()
+
+    # ---- persistent state --------------------------------------------------------------
+
+    def _state_path(self):
+        return os.path.join(self.directory, "state.json")
+
+    def _save_state(self):
+        write_json_durably(self._state_path(), self.state)
+
+    @property
+    def lwm(self):
+        return self.state["lwm"]
+
+    @property
+    def materialized_lsn(self):
+        return self.state["materialized_lsn"]
+
+    @property
+    def membership_epoch(self):
+        return self.state["membership_epoch"]
+
+    def set_membership_epoch(self, epoch):
+        if epoch != self.state["membership_epoch"]:
+            self.state["membership_epoch"] = epoch
+            self._save_state()
+
+    def _truncated(self, lsn):
+        for after, through in self.state["truncations"]:
+            if after < lsn <= through:
+                return True
+        return False
+
+    def _report(self, what):
+        self.corruption.append(what)
+        if not self.state["needs_repair"]:
+            self.state["needs_repair"] = True
+            self._save_state()
+
+    # ---- restart -----------------------------------------------------------------------
+
+    def _log_path(self, seq):
+        return os.path.join(self.directory, "log-%08d.aur" % seq)
+
+    def _scan_logs(self):
+        names = sorted(n for n in os.listdir(self.directory) if n.startswith("log-") and n.endswith(".aur"))
+        for n, name in enumerate(names):
+            seq = int(name[4:12])
+            path = os.path.join(self.directory, name)
+            try:
+                log = LogFile.open(path, seq, self.volume_id, self.pg)
+            except errors.AuroraError as exc:
+                self._report("%s@0: %s" % (name, exc))
+                continue
+            self.files.append(log)
+            self._scan_file(log, last=(n == len(names) - 1))
+        self._recompute_scl()
+
+    def _scan_file(self, log, last):
+        view = memoryview(log.mm)
+        position = LOG_HEADER_SIZE
+        while True:
+            recs, end, reason = _native.scan_log(view, position, SCAN_RECORDS_PER_CALL)
+            self._index(log, recs)
+            if reason == "cap":
+                position = end
+                continue
+            if reason == "end":
+                log.tail = end
+                break
+            # Unwritten space, or a record that failed validation, at `end`: a torn tail if
+            # nothing valid follows it, damage in the middle (every later record kept) if
+            # something does.  Zeroed bytes in the middle of a log look like unwritten space,
+            # so they get the same search.
+            if reason == "zero":
+                nonzero = _first_nonzero(view, end)
+                found = None if nonzero is None else _native.log_resync(view, nonzero)
+            else:
+                found = _native.log_resync(view, end + 1)
+            if found is None:
+                log.tail = end
+                self._clear_torn_tail(log, end)
+                break
+            self._report("%s@%d: %s; records from offset %d on are kept"
+                         % (os.path.basename(log.path), end, reason, found))
+            position = found
+        view.release()
+        log.synced_tail = log.tail
+
+    def _clear_torn_tail(self, log, start):
+        """Zero the bytes of a torn tail so later appends start from a clean end of log."""
+        position = start
+        zero = bytes(TORN_TAIL_CLEAR_CHUNK)
+        while position < log.size:
+            end = min(position + TORN_TAIL_CLEAR_CHUNK, log.size)
+            if log.mm[position:end] == zero[:end - position]:
+                break
+            log.mm[position:end] = zero[:end - position]
+            position = end
+        log.mm.flush()
+
+    def _index(self, log, recs):
+        if len(recs) == 0:
+            return
+        gc_lsn = self.state["gc_lsn"]
+        cols = [recs[name].tolist() for name in
+                ("lsn", "offset", "payload_length", "page_no", "type", "flags", "prev_lsn_pg", "prev_lsn_page")]
+        for lsn, offset, payload_length, page_no, rtype, flags, prev_pg, prev_page in zip(*cols):
+            if lsn in self.records or lsn <= gc_lsn or self._truncated(lsn):
+                continue
+            self._add(lsn, [log, offset, RECORD_HEADER_SIZE + payload_length, page_no, rtype, flags,
+                            prev_pg, prev_page])
+
+    def _add(self, lsn, entry):
+        self.records[lsn] = entry
+        entry[I_FILE].lsns.append(lsn)
+        page_no = entry[I_PAGE]
+        if entry[I_TYPE] in PAGE_TYPES:
+            chain = self.page_chains.get(page_no)
+            if chain is None:
+                self.page_chains[page_no] = [lsn]
+            elif chain[-1] < lsn:
+                chain.append(lsn)
+            else:
+                bisect.insort(chain, lsn)
+            self._dirty_pages.add(page_no)
+        if lsn > self.max_lsn:
+            self.max_lsn = lsn
+        if lsn > self.scl:
+            self.successor[entry[I_PREV_PG]] = lsn
+
+    def _recompute_scl(self):
+        base = self.state["gc_lsn"]
+        self.successor = {}
+        for lsn, entry in self.records.items():
+            if lsn > base:
+                self.successor[entry[I_PREV_PG]] = lsn
+        self.scl = base
+        self._advance_scl()
+
+    def _advance_scl(self):
+        successor = self.successor
+        scl = self.scl
+        nxt = successor.pop(scl, None)
+        while nxt is not None:
+            scl = nxt
+            nxt = successor.pop(scl, None)
+        self.scl = scl
+
+    # ---- the write path ----------------------------------------------------------------
+
+    def check_batch(self, recs):
+        """Refuse a batch carrying records of pages outside this PG (a writer bug)."""
+        if len(recs) == 0:
+            return
+        pages = recs["page_no"]
+        in_pg = (pages == 0xFFFFFFFF) | ((pages // self.pages_per_pg) == self.pg)
+        if not bool(in_pg.all()):
+            bad = int(pages[~in_pg][0])
+            raise ValueError("page %d does not belong to PG %d (%d pages per PG)"
+                             % (bad, self.pg, self.pages_per_pg))
+        images = recs["type"] == _native.REC_IMAGE
+        if bool(images.any()) and not bool((recs["payload_length"][images] == self.page_size).all()):
+            raise ValueError("an IMAGE record does not match the segment's %d-byte pages" % self.page_size)
+
+    def append(self, buf, recs):
+        """Append the records of a decoded batch (``recs`` index into ``buf``) that this
+        segment does not hold yet.  Durable only after sync().  Returns how many were new."""
+        added = 0
+        gc_lsn = self.state["gc_lsn"]
+        cols = [recs[name].tolist() for name in
+                ("lsn", "offset", "payload_length", "page_no", "type", "flags", "prev_lsn_pg", "prev_lsn_page")]
+        view = memoryview(buf)
+        for lsn, offset, payload_length, page_no, rtype, flags, prev_pg, prev_page in zip(*cols):
+            if lsn in self.records or lsn <= gc_lsn or self._truncated(lsn):
+                continue  # duplicates are idempotent; truncated LSNs stay dropped
+            length = RECORD_HEADER_SIZE + payload_length
+            log = self._log_for(length)
+            at = log.append(view[offset:offset + length])
+            self._dirty_files.add(log)
+            self._add(lsn, [log, at, length, page_no, rtype, flags, prev_pg, prev_page])
+            added += 1
+        if added:
+            self._advance_scl()
+        return added
+
+    def _log_for(self, length):
+        if self.files and self.files[-1].room() >= length:
+            return self.files[-1]
+        seq = self.files[-1].seq + 1 if self.files else 1
+        log = LogFile.create(self._log_path(seq), seq, self.log_file_bytes, self.volume_id, self.pg)
+        self.files.append(log)
+        return log
+
+    def dirty_fds(self):
+        """File descriptors that need an fdatasync before the appends so far are durable;
+        clears the set (the caller must sync them before acknowledging)."""
+        fds = [log.fd for log in self._dirty_files]
+        for log in self._dirty_files:
+            log.synced_tail = log.tail
+        self._dirty_files.clear()
+        return fds
+
+    def sync(self):
+        for fd in self.dirty_fds():
+            os.fdatasync(fd)
+
+    # ---- reads -------------------------------------------------------------------------
+
+    def record_bytes(self, lsn):
+        entry = self.records[lsn]
+        offset = entry[I_OFFSET]
+        return entry[I_FILE].mm[offset:offset + entry[I_LENGTH]]
+
+    def _verified_record(self, entry):
+        """A memoryview of one stored record after re-checking its CRC (bit rot since arrival
+        must never reach a reader)."""
+        view = memoryview(entry[I_FILE].mm)[entry[I_OFFSET]:entry[I_OFFSET] + entry[I_LENGTH]]
+        (crc,) = struct.unpack_from("<I", view)
+        if _mask(_native.crc32c(view[4:])) != crc:
+            view.release()
+            where = "%s@%d" % (os.path.basename(entry[I_FILE].path), entry[I_OFFSET])
+            self._report("%s: record failed its CRC on read" % where)
+            raise errors.CorruptionError("record at %s failed its CRC32C" % where,
+                                         entry[I_FILE].path, entry[I_OFFSET])
+        return view
+
+    def get_page(self, page_no, read_lsn):
+        """GetPage@LSN: (page bytes, page LSN) after every record <= read_lsn."""
+        if page_no // self.pages_per_pg != self.pg:
+            raise ValueError("page %d is not in PG %d" % (page_no, self.pg))
+        if read_lsn > self.scl:
+            raise ReadPointRefused("read point %d is above this segment's SCL %d (volume %d PG %d)"
+                                   % (read_lsn, self.scl, self.volume_id, self.pg))
+        if read_lsn < self.lwm:
+            raise ReadPointRefused("read point %d is below the low-water mark %d (volume %d PG %d)"
+                                   % (read_lsn, self.lwm, self.volume_id, self.pg))
+        return self._build(page_no, read_lsn)
+
+    def _build(self, page_no, read_lsn):
+        """The page after every record <= read_lsn, from its newest version at or below
+        read_lsn plus its chain (callers check the read point)."""
+        base = self.pages.newest(page_no, read_lsn)
+        if base is None:
+            page = bytearray(self.page_size)
+            page_lsn = 0
+        else:
+            page = bytearray(self.pages.read(base[1], page_no))
+            page_lsn = base[0]
+        chain = self.page_chains.get(page_no, ())
+        lo = bisect.bisect_right(chain, page_lsn)
+        hi = bisect.bisect_right(chain, read_lsn)
+        if hi > lo:
+            entries = [self.records[lsn] for lsn in chain[lo:hi]]
+            views = [self._verified_record(e) for e in entries]
+            try:
+                page_lsn = _native.apply_chain(
+                    page, page_lsn,
+                    np.array([e[I_TYPE] for e in entries], dtype=np.uint8),
+                    np.array(chain[lo:hi], dtype=np.uint64),
+                    np.array([e[I_PREV_PAGE] for e in entries], dtype=np.uint64),
+                    [v[RECORD_HEADER_SIZE:] for v in views])
+            finally:
+                for v in views:
+                    v.release()
+        return bytes(page), page_lsn
+
+    def fetch(self, after, through, max_bytes):
+        """Records with after < lsn <= through, in LSN order, up to about max_bytes (at least
+        one record when there is one): what a peer missing that range needs."""
+        lsns = sorted(lsn for lsn in self.records if after < lsn <= through)
+        out = []
+        size = 0
+        for lsn in lsns:
+            data = self.record_bytes(lsn)
+            if out and size + len(data) > max_bytes:
+                break
+            out.append(data)
+            size += len(data)
+        return out
+
+    def holes(self):
+        """Missing ranges above SCL as (after, through) pairs: each hole ends where a present
+        record's PG backlink points."""
+        present = sorted(lsn for lsn in self.records if lsn > self.scl)
+        ranges = []
+        low = self.scl
+        for lsn in present:
+            prev = self.records[lsn][I_PREV_PG]
+            if prev > low and prev not in self.records:
+                ranges.append((low, prev))
+            low = lsn
+        return ranges
+
+    # ---- epochs and truncation -----------------------------------------------------------
+
+    def truncate(self, after, through):
+        """Durably drop every record with after < lsn <= through (writer recovery)."""
+        if through < after:
+            raise ValueError("truncation range (%d, %d] is empty" % (after, through))
+        self.state["truncations"].append([after, through])
+        if self.state["materialized_lsn"] > after:
+            self.state["materialized_lsn"] = after
+        self._save_state()
+        for lsn in [l for l in self.records if after < l <= through]:
+            entry = self.records.pop(lsn)
+            entry[I_FILE].lsns.remove(lsn)
+            chain = self.page_chains.get(entry[I_PAGE])
+            if chain is not None:
+                chain.remove(lsn)
+                if not chain:
+                    del self.page_chains[entry[I_PAGE]]
+        for page_no in list(self.pages.versions):
+            if self.pages.drop_versions(page_no, lambda lsn: after < lsn <= through):
+                self._dirty_pages.add(page_no)
+        self.pages.sync()
+        self.max_lsn = max(self.records) if self.records else self.state["gc_lsn"]
+        self._pass = None
+        self._recompute_scl()
+
+    def set_lwm(self, lwm):
+        """Raise the low-water mark (PGMRPL); it never moves back and never passes SCL."""
+        lwm = min(lwm, self.scl)
+        if lwm > self.state["lwm"]:
+            self.state["lwm"] = lwm
+            self._save_state()
+        return self.state["lwm"]
+
+    # ---- background work (bounded steps, never on the ack path) ---------------------------
+
+    def materialize_step(self, max_pages):
+        """Materialize up to ``max_pages`` pages at the current pass's target LSN.  Returns
+        the number of records folded into new page versions."""
+        if self._pass is None:
+            if not self._dirty_pages:
+                return 0
+            self._pass = (self.scl, sorted(self._dirty_pages))
+            self._dirty_pages = set()
+        target, pages = self._pass
+        folded = 0
+        while pages and max_pages > 0:
+            page_no = pages.pop()
+            max_pages -= 1
+            chain = self.page_chains.get(page_no, ())
+            newest = self.pages.newest_lsn(page_no)
+            lo = bisect.bisect_right(chain, newest)
+            hi = bisect.bisect_right(chain, target)
+            if hi < len(chain):
+                self._dirty_pages.add(page_no)   # records above the target wait for a later pass
+            if hi <= lo:
+                continue
+            page, page_lsn = self._build(page_no, target)
+            self.pages.write(page_no, page_lsn, page)
+            folded += hi - lo
+        if not pages:
+            self.pages.sync()
+            if target > self.state["materialized_lsn"]:
+                self.state["materialized_lsn"] = target
+                self._save_state()
+            self._pass = None
+        return folded
+
+    def gc_step(self):
+        """Drop page versions and whole log files that no read at or above the low-water mark
+        can need.  Returns (versions dropped, log files deleted)."""
+        horizon = min(self.state["lwm"], self.state["materialized_lsn"], self.scl)
+        dropped = 0
+        for page_no, versions in list(self.pages.versions.items()):
+            keep_from = None
+            for lsn, _ in versions:
+                if lsn <= horizon:
+                    keep_from = lsn
+            if keep_from is not None:
+                dropped += self.pages.drop_versions(page_no, lambda lsn, k=keep_from: lsn < k)
+        deleted = 0
+        for log in list(self.files[:-1]):
+            if log in self._dirty_files or not self._log_reclaimable(log, horizon):
+                continue
+            for lsn in log.lsns:
+                entry = self.records.pop(lsn)
+                chain = self.page_chains.get(entry[I_PAGE])
+                if chain is not None:
+                    chain.remove(lsn)
+                    if not chain:
+                        del self.page_chains[entry[I_PAGE]]
+            if log.lsns:
+                self.state["gc_lsn"] = max(self.state["gc_lsn"], max(log.lsns))
+            self.pages.sync()
+            self._save_state()
+            self.files.remove(log)
+            log.close()
+            os.unlink(log.path)
+            fsync_directory(self.directory)
+            deleted += 1
+        return dropped, deleted
+
+    def _log_reclaimable(self, log, horizon):
+        for lsn in log.lsns:
+            if lsn > horizon:
+                return False
+            entry = self.records[lsn]
+            if entry[I_TYPE] in PAGE_TYPES:
+                base = self.pages.newest(entry[I_PAGE], horizon)
+                if base is None or base[0] < lsn:
+                    return False
+        return True
+
+    def scrub_step(self, max_bytes):
+        """Re-check CRCs of up to ``max_bytes`` of log and a matching share of page slots."""
+        damage = 0
+        if self.files:
+            if self._scrub_file >= len(self.files):
+                self._scrub_file = 0
+                self._scrub_offset = LOG_HEADER_SIZE
+                self.scrub["passes"] += 1
+            log = self.files[self._scrub_file]
+            view = memoryview(log.mm)[:log.tail]
+            start = self._scrub_offset
+            recs, end, reason = _native.scan_log(view, start, max(1, max_bytes // 64))
+            view.release()
+            self.scrub["log_bytes_checked"] += end - start
+            if reason == "end" or end >= log.tail:
+                self._scrub_file += 1
+                self._scrub_offset = LOG_HEADER_SIZE
+            elif reason == "cap":
+                self._scrub_offset = end
+            else:
+                damage += 1
+                self._report("%s@%d: scrub found %s" % (os.path.basename(log.path), end, reason))
+                found = _native.log_resync(memoryview(log.mm)[:log.tail], end + 1)
+                if found is None:
+                    self._scrub_file += 1
+                    self._scrub_offset = LOG_HEADER_SIZE
+                else:
+                    self._scrub_offset = found
+        slots = max(1, max_bytes // self.pages.slot_size)
+        for slot, offset in self.pages.scrub_step(slots):
+            damage += 1
+            self._report("pages.aur@%d: scrub found slot %d damaged" % (offset, slot))
+        self.scrub["page_slots_checked"] += slots
+        self.scrub["damage"] += damage
+        return damage
+
+    # ---- status and shutdown ---------------------------------------------------------------
+
+    def status(self):
+        return {
+            "volume_id": self.volume_id,
+            "pg": self.pg,
+            "page_size": self.page_size,
+            "pages_per_pg": self.pages_per_pg,
+            "scl": self.scl,
+            "max_lsn": self.max_lsn,
+            "materialized_lsn": self.state["materialized_lsn"],
+            "lwm": self.state["lwm"],
+            "gc_lsn": self.state["gc_lsn"],
+            "membership_epoch": self.state["membership_epoch"],
+            "records": len(self.records),
+            "log_files": len(self.files),
+            "log_bytes": sum(log.tail - LOG_HEADER_SIZE for log in self.files),
+            "page_count": len(self.pages.versions),
+            "page_versions": self.pages.version_count(),
+            "holes": [list(h) for h in self.holes()[:16]],
+            "needs_repair": self.state["needs_repair"],
+            "corruption": self.corruption[-16:],
+            "scrub": dict(self.scrub),
+            "truncations": self.state["truncations"],
+        }
+
+    def close(self):
+        self.sync()
+        self.pages.close()
+        for log in self.files:
+            log.close()
+        self.files = []

@@ -1,0 +1,351 @@
+"""The storage node process: a selectors loop around NodeCore, a group-commit sync thread,
+and bounded background work when the loop is idle.
+
+Group commit: replies that must wait for durability (ACKs) are queued with the file
+descriptors the appends dirtied.  One sync thread fdatasyncs them; every batch that arrives
+while a sync runs shares the next one.  The loop never blocks on a sync.
+"""
+import errno
+import logging
+import os
+import selectors
+import signal
+import socket
+import stat
+import threading
+import time
+
+from aurora import errors, protocol as p
+from aurora.node.core import NodeCore
+
+log = logging.getLogger("aurora.node")
+
+RECV_BYTES = 1 << 20
+LISTEN_BACKLOG = 512
+CONNECTIONS_MAX = 4096
+# Background slices: how often, and how much each may do (bounded so the loop stays fast).
+BACKGROUND_INTERVAL_S = 0.005
+GC_INTERVAL_S = 1.0
+MATERIALIZE_PAGES_PER_SLICE = 64
+SCRUB_BYTES_PER_SLICE = 64 * 1024
+
+
+def parse_address(address):
+    """'unix:/path' or 'tcp:host:port' -> (family, sockaddr)."""
+    if address.startswith("unix:"):
+        return socket.AF_UNIX, address[5:]
+    if address.startswith("tcp:"):
+        host, _, port = address[4:].rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError("bad TCP address %r: expected tcp:HOST:PORT" % address)
+        return socket.AF_INET6 if ":" in host else socket.AF_INET, (host.strip("[]"), int(port))
+    raise ValueError("bad address %r: expected unix:PATH or tcp:HOST:PORT" % address)
+
+
+def listen(address):
+    family, sockaddr = parse_address(address)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_UNIX:
+        directory = os.path.dirname(os.path.abspath(sockaddr))
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o700)
+        if os.path.exists(sockaddr) and stat.S_ISSOCK(os.stat(sockaddr).st_mode):
+            os.unlink(sockaddr)   # left by a node that was killed
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(sockaddr)
+        finally:
+            os.umask(old_umask)
+        os.chmod(sockaddr, 0o600)
+    else:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+class Connection:
+    __slots__ = ("sock", "reader", "out", "closing", "peer")
+
+    def __init__(self, sock, peer):
+        self.sock = sock
+        self.reader = p.FrameReader()
+        self.out = bytearray()
+        self.closing = False
+        self.peer = peer
+
+
+class SyncThread(threading.Thread):
+    """fdatasyncs batches of file descriptors handed over by the loop, then wakes it."""
+
+    def __init__(self, wake_fd):
+        super().__init__(name="aurora-node-sync", daemon=True)
+        self.wake_fd = wake_fd
+        self.cond = threading.Condition()
+        self.job = None
+        self.done = None
+        self.stopping = False
+        self.syncs = 0
+
+    def submit(self, fds, replies):
+        with self.cond:
+            assert self.job is None
+            self.job = (fds, replies)
+            self.cond.notify()
+
+    def busy(self):
+        with self.cond:
+            return self.job is not None or self.done is not None
+
+    def take_done(self):
+        with self.cond:
+            done, self.done = self.done, None
+            return done
+
+    def run(self):
+        while True:
+            with self.cond:
+                while self.job is None and not self.stopping:
+                    self.cond.wait()
+                if self.job is None:
+                    return
+                fds, replies = self.job
+            failed = None
+            for fd in set(fds):
+                try:
+                    os.fdatasync(fd)
+                except OSError as exc:   # a full or failing disk: never ack what is not durable
+                    failed = exc
+            with self.cond:
+                self.syncs += 1
+                self.done = (replies, failed)
+                self.job = None
+            os.write(self.wake_fd, b"s")
+
+    def stop(self):
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+
+
+class NodeServer:
+    def __init__(self, data_dir, listen_address, node_id, az, log_file_bytes=None,
+                 background=True):
+        kwargs = {} if log_file_bytes is None else {"log_file_bytes": log_file_bytes}
+        self.core = NodeCore(data_dir, node_id, az, **kwargs)
+        self.address = listen_address
+        self.listener = listen(listen_address)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ, None)
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self.sync_thread = SyncThread(self.wake_w)
+        self.pending_fds = []
+        self.pending_replies = []    # (connection, Reply) waiting for the next sync
+        self.connections = {}
+        self.running = False
+        self.background = background
+        self._last_gc = 0.0
+
+    # ---- loop --------------------------------------------------------------------------
+
+    def serve_forever(self):
+        self.running = True
+        self.sync_thread.start()
+        try:
+            while self.running:
+                timeout = BACKGROUND_INTERVAL_S if self.background else 0.1
+                events = self.selector.select(timeout)
+                for key, mask in events:
+                    if key.data is None:
+                        self._accept()
+                    elif key.data == "wake":
+                        self._on_synced()
+                    else:
+                        conn = key.data
+                        if mask & selectors.EVENT_READ:
+                            self._on_readable(conn)
+                        if mask & selectors.EVENT_WRITE and conn.sock.fileno() >= 0:
+                            self._flush(conn)
+                self._start_sync()
+                if self.background and not events:
+                    self._background()
+        finally:
+            self._shutdown()
+
+    def stop(self):
+        self.running = False
+
+    def _accept(self):
+        for _ in range(64):
+            try:
+                sock, peer = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            if len(self.connections) >= CONNECTIONS_MAX:
+                sock.close()
+                continue
+            sock.setblocking(False)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Connection(sock, peer)
+            self.connections[sock.fileno()] = conn
+            self.selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _on_readable(self, conn):
+        try:
+            data = conn.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if not data:
+            self._close(conn)
+            return
+        conn.reader.feed(data)
+        try:
+            for frame in conn.reader.frames():
+                self._dispatch(conn, frame)
+                if conn.closing:
+                    break
+        except errors.FormatError as exc:
+            # A frame that cannot even be delimited or checked: answer once, drop this
+            # connection, keep serving every other one.
+            self._send(conn, p.encode_frame(p.FRAME_ERROR, p.error_body(p.ERROR_MALFORMED, str(exc))))
+            conn.closing = True
+        self._flush(conn)
+
+    def _dispatch(self, conn, frame):
+        try:
+            replies = self.core.handle(frame)
+        except Exception as exc:  # a bug must not take the node down
+            log.exception("internal error serving %r", frame)
+            replies = [self.core._error(frame, p.ERROR_INTERNAL, "internal error: %s" % exc, close=True)]
+        for reply in replies:
+            if reply.after_sync:
+                self.pending_replies.append((conn, reply))
+            else:
+                self._send(conn, reply.data)
+            if reply.close:
+                conn.closing = True
+        if any(r.after_sync for r in replies):
+            self.pending_fds.extend(self.core.dirty_fds())
+
+    def _start_sync(self):
+        if self.pending_replies and not self.sync_thread.busy():
+            fds, replies = self.pending_fds, self.pending_replies
+            self.pending_fds, self.pending_replies = [], []
+            self.sync_thread.submit(fds, replies)
+
+    def _on_synced(self):
+        try:
+            os.read(self.wake_r, 4096)
+        except BlockingIOError:
+            pass
+        done = self.sync_thread.take_done()
+        if done is None:
+            return
+        replies, failed = done
+        for conn, reply in replies:
+            if conn.sock.fileno() < 0:
+                continue
+            if failed is None:
+                self._send(conn, reply.data)
+            else:
+                self._send(conn, p.encode_frame(p.FRAME_ERROR, p.error_body(
+                    p.ERROR_INTERNAL, "log sync failed, nothing acknowledged: %s" % failed)))
+            self._flush(conn)
+
+    def _send(self, conn, data):
+        conn.out += data
+
+    def _flush(self, conn):
+        if conn.out:
+            try:
+                sent = conn.sock.send(conn.out)
+                del conn.out[:sent]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                self._close(conn)
+                return
+        if conn.out:
+            self.selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+        else:
+            if conn.closing:
+                self._close(conn)
+                return
+            self.selector.modify(conn.sock, selectors.EVENT_READ, conn)
+
+    def _close(self, conn):
+        fd = conn.sock.fileno()
+        if fd < 0:
+            return
+        self.connections.pop(fd, None)
+        try:
+            self.selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+    def _background(self):
+        now = time.monotonic()
+        gc = now - self._last_gc >= GC_INTERVAL_S
+        if gc:
+            self._last_gc = now
+        try:
+            self.core.background_step(MATERIALIZE_PAGES_PER_SLICE, SCRUB_BYTES_PER_SLICE, gc=gc)
+        except Exception:
+            log.exception("background work failed; will retry")
+
+    def _shutdown(self):
+        # Clean shutdown: everything queued is made durable and acknowledged first.
+        self.sync_thread.stop()
+        self.sync_thread.join(timeout=10)
+        if self.pending_replies:
+            for fd in set(self.pending_fds):
+                os.fdatasync(fd)
+            for conn, reply in self.pending_replies:
+                if conn.sock.fileno() >= 0:
+                    conn.out += reply.data
+        done = self.sync_thread.take_done()
+        if done is not None and done[1] is None:
+            for conn, reply in done[0]:
+                if conn.sock.fileno() >= 0:
+                    conn.out += reply.data
+        for conn in list(self.connections.values()):
+            try:
+                conn.sock.setblocking(True)
+                conn.sock.settimeout(1.0)
+                if conn.out:
+                    conn.sock.sendall(conn.out)
+            except OSError:
+                pass
+            self._close(conn)
+        self.core.close()
+        self.listener.close()
+        family, sockaddr = parse_address(self.address)
+        if family == socket.AF_UNIX:
+            try:
+                os.unlink(sockaddr)
+            except OSError:
+                pass
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+
+def serve(data_dir, listen_address, node_id, az, log_file_bytes=None):
+    """Run a node in the foreground until SIGTERM or SIGINT (clean) or SIGKILL (crash)."""
+    server = NodeServer(data_dir, listen_address, node_id, az, log_file_bytes)
+
+    def on_signal(signum, _frame):
+        server.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print("aurora node %s (%s) serving %s from %s" % (node_id, az, listen_address, data_dir), flush=True)
+    server.serve_forever()
+    return 0

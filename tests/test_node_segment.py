@@ -1,0 +1,274 @@
+"""The segment log, index, page store and background work, in process, on real files."""
+import os
+import pytest
+
+from aurora import _native, errors
+from aurora.node.segment import LOG_HEADER_SIZE, ReadPointRefused, Segment
+from aurora.testing import RedoWorkload
+
+PAGE_SIZE = 1024
+PAGES_PER_PG = 32
+LOG_FILE_BYTES = 64 * 1024
+
+
+def open_segment(path):
+    return Segment(str(path), 1, 0, PAGE_SIZE, PAGES_PER_PG, LOG_FILE_BYTES)
+
+
+def feed(segment, workload, rows):
+    batch = workload.batch(rows)
+    header, recs = _native.decode_batch(batch)
+    segment.check_batch(recs)
+    added = segment.append(batch, recs)
+    segment.sync()
+    return added
+
+
+def assert_reads_match(segment, workload, read_points):
+    for lsn in read_points:
+        for page_no in workload.page_numbers:
+            page, page_lsn = segment.get_page(page_no, lsn)
+            assert page == workload.page_at(page_no, lsn), (page_no, lsn)
+            assert page_lsn == workload.page_lsn_at(page_no, lsn)
+
+
+def test_out_of_order_and_duplicate_batches_advance_scl_along_backlinks(tmp_path):
+    workload = RedoWorkload(page_size=PAGE_SIZE, pages_per_pg=PAGES_PER_PG, seed=1)
+    batches = [workload.records(5) for _ in range(6)]
+    segment = open_segment(tmp_path / "seg")
+    order = [3, 0, 5, 0, 1, 3, 2, 4]
+    received = set()
+    for index in order:
+        feed(segment, workload, batches[index])
+        received.add(index)
+        contiguous = 0
+        while contiguous in received:
+            contiguous += 1
+        expected_scl = batches[contiguous - 1][-1]["lsn"] if contiguous else 0
+        assert segment.scl == expected_scl
+    assert segment.scl == batches[-1][-1]["lsn"]
+    assert segment.holes() == []
+    assert len(segment.records) == 30
+    lsns = [r["lsn"] for b in batches for r in b]
+    assert_reads_match(segment, workload, lsns[::3] + [lsns[-1]])
+    segment.close()
+
+
+def test_holes_are_reported_and_reads_above_scl_refused(tmp_path):
+    workload = RedoWorkload(page_size=PAGE_SIZE, pages_per_pg=PAGES_PER_PG, seed=2)
+    first, missing, last = workload.records(3), workload.records(3), workload.records(3)
+    segment = open_segment(tmp_path / "seg")
+    feed(segment, workload, first)
+    feed(segment, workload, last)
+    assert segment.scl == first[-1]["lsn"]
+    assert segment.holes() == [(first[-1]["lsn"], missing[-1]["lsn"])]
+    with pytest.raises(ReadPointRefused, match="above this segment's SCL"):
+        segment.get_page(workload.page_numbers[0], last[-1]["lsn"])
+    feed(segment, workload, missing)
+    assert segment.scl == last[-1]["lsn"]
+    assert segment.holes() == []
+    segment.close()
+
+
+def test_restart_rebuilds_the_same_state_from_the_files(tmp_path):
+    workload = RedoWorkload(page_size=PAGE_SIZE, pages_per_pg=PAGES_PER_PG, seed=3)
+    segment = open_segment(tmp_path / "seg")
+    for _ in range(100):   # enough to fill several 64 KiB log files
+        feed(segment, workload, workload.records(8))
+    assert len(segment.files) > 2
+    scl, count = segment.scl, len(segment.records)
+    segment.close()
+    segment = open_segment(tmp_path / "seg")
+    assert (segment.scl, len(segment.records)) == (scl, count)
+    assert not segment.state["needs_repair"]
+    assert_reads_match(segment, workload, [scl // 2, scl])
+    segment.close()
+
+
+def test_materialize_gc_and_low_water_mark(tmp_path):
+    workload = RedoWorkload(page_size=PAGE_SIZE, pages_per_pg=PAGES_PER_PG, seed=4)
+    segment = open_segment(tmp_path / "seg")
+    for _ in range(100):
+        feed(segment, workload, workload.records(8))
+    middle = segment.scl // 2
+    while segment.materialize_step(4):
+        pass
+    assert segment.materialized_lsn == segment.scl
+    assert segment.pages.version_count() >= len(workload.page_numbers) - 1
+    assert_reads_match(segment, workload, [middle, segment.scl])
+    files_before = len(segment.files)
+    # More writes and a second pass, so that versions exist below the low-water mark.
+    for _ in range(10):
+        feed(segment, workload, workload.records(8))
+    while segment.materialize_step(4):
+        pass
+    lwm = segment.set_lwm(segment.materialized_lsn)
+    dropped, deleted = segment.gc_step()
+    assert deleted >= 1 and len(segment.files) < files_before + 2
+    with pytest.raises(ReadPointRefused, match="below the low-water mark"):
+        segment.get_page(workload.page_numbers[0], lwm - 1)
+    assert_reads_match(segment, workload, [lwm, segment.scl])
+    segment.close()
+    segment = open_segment(tmp_path / "seg")
+    assert_reads_match(segment, workload, [lwm, segment.scl])
+    segment.close()
+
+
+def test_truncate_drops_records_durably(tmp_path):
+    workload = RedoWorkload(page_size=PAGE_SIZE, pages_per_pg=PAGES_PER_PG, seed=5)
+    segment = open_segment(tmp_path / "seg")
+    kept = workload.records(10)
+    dropped = workload.records(10)
+    feed(segment, workload, kept)
+    feed(segment, workload, dropped)
+    while segment.materialize_step(8):
+        pass
+    after = kept[-1]["lsn"]
+    segment.truncate(after, after + 1000)
+    assert segment.scl == after
+    assert all(r["lsn"] not in segment.records for r in dropped)
+    assert_reads_match(segment, workload, [after])
+    segment.close()
+    segment = open_segment(tmp_path / "seg")
+    assert segment.scl == after
+    assert all(r["lsn"] not in segment.records for r in dropped)
+    assert_reads_match(segment, workload, [after])
+    segment.close()
+
+
+# ---- corruption: patch bytes in the files of a closed segment, reopen ---------------------
+
+def written_segment(tmp_path, seed, batches=12):
+    workload = RedoWorkload(page_size=PAGE_SIZE, pages_per_pg=PAGES_PER_PG, seed=seed)
+    segment = open_segment(tmp_path / "seg")
+    for _ in range(batches):
+        feed(segment, workload, workload.records(6))
+    offsets = [segment.records[lsn][1] for lsn in sorted(segment.files[0].lsns)]
+    path = segment.files[0].path
+    tail = segment.files[0].tail
+    scl = segment.scl
+    segment.close()
+    return workload, path, offsets, tail, scl
+
+
+def patch(path, offset, data):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def assert_no_bad_page(segment, workload, lsn):
+    """Every read either matches the model or raises; it never returns other bytes."""
+    for page_no in workload.page_numbers:
+        try:
+            page, _ = segment.get_page(page_no, lsn)
+        except (errors.AuroraError, ReadPointRefused):
+            continue
+        assert page == workload.page_at(page_no, lsn)
+
+
+@pytest.mark.parametrize("damage", ["flip", "zero"])
+def test_damage_in_the_middle_of_the_log_is_reported_and_later_records_kept(tmp_path, damage):
+    workload, path, offsets, tail, scl = written_segment(tmp_path, seed=6)
+    victim = offsets[len(offsets) // 2]
+    if damage == "flip":
+        with open(path, "rb") as f:
+            f.seek(victim + 20)
+            byte = f.read(1)
+        patch(path, victim + 20, bytes([byte[0] ^ 0x40]))
+    else:
+        patch(path, victim, bytes(48))
+    segment = open_segment(tmp_path / "seg")
+    assert segment.state["needs_repair"]
+    report = " ".join(segment.corruption)
+    assert "%s@%d" % (os.path.basename(path), victim) in report
+    # Records after the damage are kept: the last record of the file is still indexed.
+    last_offset = offsets[-1]
+    assert any(e[1] == last_offset for e in segment.records.values())
+    assert segment.scl < scl   # the damaged record is a hole in the PG chain
+    assert_no_bad_page(segment, workload, segment.scl)
+    segment.close()
+
+
+def test_torn_tail_is_end_of_log_not_corruption(tmp_path):
+    workload, path, offsets, tail, scl = written_segment(tmp_path, seed=7, batches=3)
+    last = offsets[-1]
+    # Tear the last record: keep its header, scramble the end of its payload.
+    patch(path, tail - 3, b"\xff\xfe\xfd")
+    segment = open_segment(tmp_path / "seg")
+    assert not segment.state["needs_repair"], segment.corruption
+    assert segment.files[0].tail == last
+    assert segment.scl < scl
+    assert_no_bad_page(segment, workload, segment.scl)
+    segment.close()
+
+
+def test_truncated_log_file_is_end_of_log(tmp_path):
+    workload, path, offsets, tail, scl = written_segment(tmp_path, seed=8, batches=3)
+    os.truncate(path, offsets[-1] + 10)
+    segment = open_segment(tmp_path / "seg")
+    assert not segment.state["needs_repair"]
+    assert segment.files[0].tail == offsets[-1]
+    assert_no_bad_page(segment, workload, segment.scl)
+    segment.close()
+
+
+def test_damaged_log_header_marks_the_segment_for_repair(tmp_path):
+    workload, path, offsets, tail, scl = written_segment(tmp_path, seed=9)
+    patch(path, 20, b"\x01")
+    segment = open_segment(tmp_path / "seg")
+    assert segment.state["needs_repair"]
+    assert "header is damaged" in " ".join(segment.corruption)
+    assert_no_bad_page(segment, workload, segment.scl)
+    segment.close()
+
+
+def test_damaged_page_version_is_never_served(tmp_path):
+    workload = RedoWorkload(page_size=PAGE_SIZE, pages_per_pg=PAGES_PER_PG, seed=10)
+    segment = open_segment(tmp_path / "seg")
+    for _ in range(6):
+        feed(segment, workload, workload.records(6))
+    while segment.materialize_step(8):
+        pass
+    scl = segment.scl
+    page_no, versions = next(iter(segment.pages.versions.items()))
+    slot = versions[-1][1]
+    offset = segment.pages._slot_offset(slot) + 100
+    path = segment.pages.path
+    segment.close()
+    patch(path, offset, b"\x5a\x5a")
+    segment = open_segment(tmp_path / "seg")
+    assert segment.state["needs_repair"]
+    assert any("pages.aur" in line for line in segment.corruption)
+    # The log still holds the records, so the page is rebuilt from them, correctly.
+    page, _ = segment.get_page(page_no, scl)
+    assert page == workload.page_at(page_no, scl)
+    segment.close()
+
+
+def test_scrub_finds_bit_rot_in_a_running_segment(tmp_path):
+    workload = RedoWorkload(page_size=PAGE_SIZE, pages_per_pg=PAGES_PER_PG, seed=11)
+    segment = open_segment(tmp_path / "seg")
+    for _ in range(6):
+        feed(segment, workload, workload.records(6))
+    lsn = sorted(segment.files[0].lsns)[5]
+    entry = segment.records[lsn]
+    entry[0].mm[entry[1] + 45] ^= 0x01        # bit rot under a live mapping
+    damage = 0
+    for _ in range(20):
+        damage += segment.scrub_step(4096)
+    assert damage >= 1 and segment.state["needs_repair"]
+    with pytest.raises(errors.CorruptionError):
+        segment.get_page(entry[3], segment.scl)
+    segment.close()
+
+
+def test_records_of_another_pg_are_refused(tmp_path):
+    workload = RedoWorkload(page_size=PAGE_SIZE, pages_per_pg=PAGES_PER_PG, seed=12)
+    rows = workload.records(2)
+    rows[1]["page_no"] = PAGES_PER_PG + 1
+    segment = open_segment(tmp_path / "seg")
+    header, recs = _native.decode_batch(workload.batch(rows))
+    with pytest.raises(ValueError, match="does not belong to PG 0"):
+        segment.check_batch(recs)
+    segment.close()
