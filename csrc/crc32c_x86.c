@@ -49,7 +49,7 @@
  * VPCLMULQDQ's latency at one multiply a cycle. */
 #define AUR_CRC32C_FOLD_STEP_BYTES 256u
 /* Below this the fold's set-up and final reduction cost more than three crc32q streams. */
-#define AUR_CRC32C_FOLD_MIN_BYTES 512u
+#define AUR_CRC32C_FOLD_MIN_BYTES 256u
 _Static_assert(AUR_CRC32C_FOLD_MIN_BYTES >= AUR_CRC32C_FOLD_STEP_BYTES, "one full step");
 
 /*
