@@ -13,6 +13,7 @@ read point R returns exactly the page after all records <= R and is refused when
 SCL or below the low-water mark; no page or record is served without its CRC checked.
 """
 import bisect
+import itertools
 import mmap
 import os
 import struct
@@ -37,7 +38,7 @@ SCAN_RECORDS_PER_CALL = 65536
 TORN_TAIL_CLEAR_CHUNK = 64 * 1024
 PAGE_TYPES = frozenset((_native.REC_DELTA, _native.REC_IMAGE, _native.REC_ZERO))
 
-# Index entry fields (a list per record, kept small and flat).
+# Index entry fields (a tuple per record, kept small and flat).
 I_FILE, I_OFFSET, I_LENGTH, I_PAGE, I_TYPE, I_FLAGS, I_PREV_PG, I_PREV_PAGE = range(8)
 
 
@@ -265,35 +266,63 @@ class Segment:
             position = end
         log.mm.flush()
 
-    def _index(self, log, recs):
+    def _index(self, log, recs, shift=0):
+        """Index the records of ``recs`` stored in ``log`` at their offset + ``shift``, skipping
+        LSNs below the GC point, in a truncated range, or already held.  Whole columns at a
+        time: a restart indexes millions of records, so nothing here loops per record in
+        Python except the dictionary updates, which run at C speed."""
         if len(recs) == 0:
-            return
-        gc_lsn = self.state["gc_lsn"]
-        cols = [recs[name].tolist() for name in
-                ("lsn", "offset", "payload_length", "page_no", "type", "flags", "prev_lsn_pg", "prev_lsn_page")]
-        for lsn, offset, payload_length, page_no, rtype, flags, prev_pg, prev_page in zip(*cols):
-            if lsn in self.records or lsn <= gc_lsn or self._truncated(lsn):
-                continue
-            self._add(lsn, [log, offset, RECORD_HEADER_SIZE + payload_length, page_no, rtype, flags,
-                            prev_pg, prev_page])
-
-    def _add(self, lsn, entry):
-        self.records[lsn] = entry
-        entry[I_FILE].lsns.append(lsn)
-        page_no = entry[I_PAGE]
-        if entry[I_TYPE] in PAGE_TYPES:
-            chain = self.page_chains.get(page_no)
-            if chain is None:
-                self.page_chains[page_no] = [lsn]
-            elif chain[-1] < lsn:
-                chain.append(lsn)
-            else:
-                bisect.insort(chain, lsn)
-            self._dirty_pages.add(page_no)
-        if lsn > self.max_lsn:
-            self.max_lsn = lsn
-        if lsn > self.scl:
-            self.successor[entry[I_PREV_PG]] = lsn
+            return 0
+        lsn = recs["lsn"]
+        keep = lsn > self.state["gc_lsn"]
+        for after, through in self.state["truncations"]:
+            keep &= ~((lsn > after) & (lsn <= through))
+        if self.records:
+            records = self.records
+            keep &= np.fromiter((l not in records for l in lsn.tolist()), dtype=bool, count=len(lsn))
+        if not keep.all():
+            recs = recs[keep]
+            if len(recs) == 0:
+                return 0
+        lsn = recs["lsn"]
+        lsns = lsn.tolist()
+        offsets = recs["offset"].tolist() if shift == 0 else (recs["offset"].astype(np.int64) + shift).tolist()
+        lengths = (recs["payload_length"].astype(np.int64) + RECORD_HEADER_SIZE).tolist()
+        page_no = recs["page_no"]
+        types = recs["type"]
+        self.records.update(zip(lsns, zip(itertools.repeat(log, len(lsns)), offsets, lengths,
+                                          page_no.tolist(), types.tolist(), recs["flags"].tolist(),
+                                          recs["prev_lsn_pg"].tolist(), recs["prev_lsn_page"].tolist())))
+        log.lsns.extend(lsns)
+        is_page = (types >= _native.REC_DELTA) & (types <= _native.REC_ZERO)
+        if is_page.any():
+            pages = page_no[is_page]
+            page_lsns = lsn[is_page]
+            order = np.lexsort((page_lsns, pages))
+            pages = pages[order]
+            page_lsns = page_lsns[order]
+            bounds = np.flatnonzero(pages[1:] != pages[:-1]) + 1
+            starts = [0] + bounds.tolist()
+            ends = bounds.tolist() + [len(pages)]
+            chains = self.page_chains
+            lsn_list = page_lsns.tolist()
+            for page, a, b in zip(pages[starts].tolist(), starts, ends):
+                group = lsn_list[a:b]
+                chain = chains.get(page)
+                if chain is None:
+                    chains[page] = group
+                elif chain[-1] < group[0]:
+                    chain.extend(group)
+                else:
+                    chain.extend(group)
+                    chain.sort()
+            self._dirty_pages.update(pages[starts].tolist())
+        top = lsns[-1] if len(lsns) == 1 else int(lsn.max())
+        if top > self.max_lsn:
+            self.max_lsn = top
+        above = lsn > self.scl
+        self.successor.update(zip(recs["prev_lsn_pg"][above].tolist(), lsn[above].tolist()))
+        return len(lsns)
 
     def _recompute_scl(self):
         base = self.state["gc_lsn"]
@@ -331,24 +360,44 @@ class Segment:
 
     def append(self, buf, recs):
         """Append the records of a decoded batch (``recs`` index into ``buf``) that this
-        segment does not hold yet.  Durable only after sync().  Returns how many were new."""
-        added = 0
-        gc_lsn = self.state["gc_lsn"]
-        cols = [recs[name].tolist() for name in
-                ("lsn", "offset", "payload_length", "page_no", "type", "flags", "prev_lsn_pg", "prev_lsn_page")]
+        segment does not hold yet.  Durable only after sync().  Returns how many were new.
+
+        Duplicates are idempotent and truncated LSNs stay dropped.  The common case, a batch
+        of all-new records, is one copy of the batch body into the log."""
+        if len(recs) == 0:
+            return 0
         view = memoryview(buf)
-        for lsn, offset, payload_length, page_no, rtype, flags, prev_pg, prev_page in zip(*cols):
-            if lsn in self.records or lsn <= gc_lsn or self._truncated(lsn):
-                continue  # duplicates are idempotent; truncated LSNs stay dropped
-            length = RECORD_HEADER_SIZE + payload_length
-            log = self._log_for(length)
-            at = log.append(view[offset:offset + length])
+        first = int(recs["offset"][0])
+        last = int(recs["offset"][-1]) + RECORD_HEADER_SIZE + int(recs["payload_length"][-1])
+        contiguous = last - first == int(recs["payload_length"].sum()) + RECORD_HEADER_SIZE * len(recs)
+        fresh = self._fresh(recs)
+        if contiguous and fresh.all() and last - first <= self.log_file_bytes - LOG_HEADER_SIZE:
+            log = self._log_for(last - first)
+            at = log.append(view[first:last])
             self._dirty_files.add(log)
-            self._add(lsn, [log, at, length, page_no, rtype, flags, prev_pg, prev_page])
-            added += 1
+            added = self._index(log, recs, at - first)
+        else:
+            added = 0
+            for i in np.flatnonzero(fresh).tolist():
+                offset = int(recs["offset"][i])
+                length = RECORD_HEADER_SIZE + int(recs["payload_length"][i])
+                log = self._log_for(length)
+                at = log.append(view[offset:offset + length])
+                self._dirty_files.add(log)
+                added += self._index(log, recs[i:i + 1], at - offset)
         if added:
             self._advance_scl()
         return added
+
+    def _fresh(self, recs):
+        """Which records of ``recs`` this segment should store."""
+        lsn = recs["lsn"]
+        keep = lsn > self.state["gc_lsn"]
+        for after, through in self.state["truncations"]:
+            keep &= ~((lsn > after) & (lsn <= through))
+        records = self.records
+        keep &= np.fromiter((l not in records for l in lsn.tolist()), dtype=bool, count=len(lsn))
+        return keep
 
     def _log_for(self, length):
         if self.files and self.files[-1].room() >= length:
@@ -468,9 +517,10 @@ class Segment:
         if self.state["materialized_lsn"] > after:
             self.state["materialized_lsn"] = after
         self._save_state()
+        for log in self.files:
+            log.lsns = [l for l in log.lsns if not after < l <= through]
         for lsn in [l for l in self.records if after < l <= through]:
             entry = self.records.pop(lsn)
-            entry[I_FILE].lsns.remove(lsn)
             chain = self.page_chains.get(entry[I_PAGE])
             if chain is not None:
                 chain.remove(lsn)
