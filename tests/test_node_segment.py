@@ -143,7 +143,7 @@ def written_segment(tmp_path, seed, batches=12):
     segment = open_segment(tmp_path / "seg")
     for _ in range(batches):
         feed(segment, workload, workload.records(6))
-    offsets = [segment.records[lsn][1] for lsn in sorted(segment.files[0].lsns)]
+    offsets = [segment._entry(lsn)[1] for lsn in sorted(segment.files[0].lsns)]
     path = segment.files[0].path
     tail = segment.files[0].tail
     scl = segment.scl
@@ -184,7 +184,7 @@ def test_damage_in_the_middle_of_the_log_is_reported_and_later_records_kept(tmp_
     assert "%s@%d" % (os.path.basename(path), victim) in report
     # Records after the damage are kept: the last record of the file is still indexed.
     last_offset = offsets[-1]
-    assert any(e[1] == last_offset for e in segment.records.values())
+    assert any(segment._entry(l)[1] == last_offset for l in segment.records)
     assert segment.scl < scl   # the damaged record is a hole in the PG chain
     assert_no_bad_page(segment, workload, segment.scl)
     segment.close()
@@ -252,7 +252,7 @@ def test_scrub_finds_bit_rot_in_a_running_segment(tmp_path):
     for _ in range(6):
         feed(segment, workload, workload.records(6))
     lsn = sorted(segment.files[0].lsns)[5]
-    entry = segment.records[lsn]
+    entry = segment._entry(lsn)
     entry[0].mm[entry[1] + 45] ^= 0x01        # bit rot under a live mapping
     damage = 0
     for _ in range(20):

@@ -13,6 +13,7 @@ read point R returns exactly the page after all records <= R and is refused when
 SCL or below the low-water mark; no page or record is served without its CRC checked.
 """
 import bisect
+import gc
 import itertools
 import mmap
 import os
@@ -40,6 +41,10 @@ PAGE_TYPES = frozenset((_native.REC_DELTA, _native.REC_IMAGE, _native.REC_ZERO))
 
 # Index entry fields (a tuple per record, kept small and flat).
 I_FILE, I_OFFSET, I_LENGTH, I_PAGE, I_TYPE, I_FLAGS, I_PREV_PG, I_PREV_PAGE = range(8)
+RECORD_HEADER = struct.Struct("<IBBHIIQQQ")  # crc, type, flags, reserved, payload_length, page_no, lsn, prev_pg, prev_page
+assert RECORD_HEADER.size == RECORD_HEADER_SIZE
+LOCATION_SEQ_SHIFT = 40                      # index value: log sequence << 40 | offset
+LOCATION_OFFSET_MASK = (1 << LOCATION_SEQ_SHIFT) - 1
 
 
 def _mask(crc):
@@ -137,7 +142,8 @@ class Segment:
         self.pages_per_pg = pages_per_pg
         self.log_file_bytes = max(log_file_bytes, 2 * (RECORD_HEADER_SIZE + page_size) + LOG_HEADER_SIZE)
         self.files = []           # LogFile, in sequence order
-        self.records = {}         # lsn -> index entry (see I_*)
+        self.records = {}         # lsn -> log sequence << 40 | offset (see _entry)
+        self.files_by_seq = {}
         self.page_chains = {}     # page_no -> sorted LSNs of that page's records
         self.successor = {}       # prev_lsn_pg -> lsn, for records above SCL
         self.scl = 0
@@ -149,6 +155,7 @@ class Segment:
         self._dirty_files = set()
         self._dirty_pages = set()
         self._pass = None         # materialization pass: (target LSN, pages left)
+        self._restoring = []      # (lsn, prev_lsn_pg) columns gathered by a restart scan
         state = read_json(self._state_path())
         if state is None:
             state = {"page_size": page_size, "pages_per_pg": pages_per_pg, "membership_epoch": 0,
@@ -210,6 +217,17 @@ class Segment:
         return os.path.join(self.directory, "log-%08d.aur" % seq)
 
     def _scan_logs(self):
+        # Millions of index tuples are made here and none can be part of a cycle: the cyclic
+        # collector would only re-traverse the growing index again and again.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._scan_all_logs()
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _scan_all_logs(self):
         names = sorted(n for n in os.listdir(self.directory) if n.startswith("log-") and n.endswith(".aur"))
         for n, name in enumerate(names):
             seq = int(name[4:12])
@@ -220,8 +238,9 @@ class Segment:
                 self._report("%s@0: %s" % (name, exc))
                 continue
             self.files.append(log)
+            self.files_by_seq[seq] = log
             self._scan_file(log, last=(n == len(names) - 1))
-        self._recompute_scl()
+        self._restore_scl()
 
     def _scan_file(self, log, last):
         view = memoryview(log.mm)
@@ -286,13 +305,12 @@ class Segment:
                 return 0
         lsn = recs["lsn"]
         lsns = lsn.tolist()
-        offsets = recs["offset"].tolist() if shift == 0 else (recs["offset"].astype(np.int64) + shift).tolist()
-        lengths = (recs["payload_length"].astype(np.int64) + RECORD_HEADER_SIZE).tolist()
         page_no = recs["page_no"]
         types = recs["type"]
-        self.records.update(zip(lsns, zip(itertools.repeat(log, len(lsns)), offsets, lengths,
-                                          page_no.tolist(), types.tolist(), recs["flags"].tolist(),
-                                          recs["prev_lsn_pg"].tolist(), recs["prev_lsn_page"].tolist())))
+        # The index holds only where each record is (file sequence and offset packed in one
+        # int); everything else is read back from the record's own header in the mapping.
+        packed = recs["offset"].astype(np.int64) + (shift + (log.seq << LOCATION_SEQ_SHIFT))
+        self.records.update(zip(lsns, packed.tolist()))
         log.lsns.extend(lsns)
         is_page = (types >= _native.REC_DELTA) & (types <= _native.REC_ZERO)
         if is_page.any():
@@ -320,16 +338,50 @@ class Segment:
         top = lsns[-1] if len(lsns) == 1 else int(lsn.max())
         if top > self.max_lsn:
             self.max_lsn = top
-        above = lsn > self.scl
-        self.successor.update(zip(recs["prev_lsn_pg"][above].tolist(), lsn[above].tolist()))
+        if self._restoring is not None:
+            self._restoring.append((lsn, recs["prev_lsn_pg"]))
+        else:
+            above = lsn > self.scl
+            self.successor.update(zip(recs["prev_lsn_pg"][above].tolist(), lsn[above].tolist()))
         return len(lsns)
+
+    def _entry(self, lsn):
+        """(log, offset, length, page_no, type, flags, prev_lsn_pg, prev_lsn_page) of a held
+        record, from its header in the log mapping."""
+        packed = self.records[lsn]
+        log = self.files_by_seq[packed >> LOCATION_SEQ_SHIFT]
+        offset = packed & LOCATION_OFFSET_MASK
+        _, rtype, flags, _, payload_length, page_no, _, prev_pg, prev_page = RECORD_HEADER.unpack_from(log.mm, offset)
+        return (log, offset, RECORD_HEADER_SIZE + payload_length, page_no, rtype, flags, prev_pg, prev_page)
+
+    def _restore_scl(self):
+        """SCL after a restart, computed over whole columns: sorted by LSN, the PG chain is
+        complete up to the first record whose backlink is not its predecessor."""
+        columns, self._restoring = self._restoring, None
+        base = self.state["gc_lsn"]
+        self.successor = {}
+        if not columns:
+            self.scl = base
+            return
+        lsn = np.concatenate([c[0] for c in columns])
+        prev = np.concatenate([c[1] for c in columns])
+        order = np.argsort(lsn, kind="stable")
+        lsn, prev = lsn[order], prev[order]
+        expected = np.empty_like(lsn)
+        expected[0] = base
+        expected[1:] = lsn[:-1]
+        broken = np.flatnonzero(prev != expected)
+        complete = int(broken[0]) if len(broken) else len(lsn)
+        self.scl = int(lsn[complete - 1]) if complete else base
+        self.successor = dict(zip(prev[complete:].tolist(), lsn[complete:].tolist()))
+        self._advance_scl()
 
     def _recompute_scl(self):
         base = self.state["gc_lsn"]
         self.successor = {}
-        for lsn, entry in self.records.items():
+        for lsn in self.records:
             if lsn > base:
-                self.successor[entry[I_PREV_PG]] = lsn
+                self.successor[self._entry(lsn)[I_PREV_PG]] = lsn
         self.scl = base
         self._advance_scl()
 
@@ -405,6 +457,7 @@ class Segment:
         seq = self.files[-1].seq + 1 if self.files else 1
         log = LogFile.create(self._log_path(seq), seq, self.log_file_bytes, self.volume_id, self.pg)
         self.files.append(log)
+        self.files_by_seq[seq] = log
         return log
 
     def dirty_fds(self):
@@ -423,7 +476,7 @@ class Segment:
     # ---- reads -------------------------------------------------------------------------
 
     def record_bytes(self, lsn):
-        entry = self.records[lsn]
+        entry = self._entry(lsn)
         offset = entry[I_OFFSET]
         return entry[I_FILE].mm[offset:offset + entry[I_LENGTH]]
 
@@ -466,7 +519,7 @@ class Segment:
         lo = bisect.bisect_right(chain, page_lsn)
         hi = bisect.bisect_right(chain, read_lsn)
         if hi > lo:
-            entries = [self.records[lsn] for lsn in chain[lo:hi]]
+            entries = [self._entry(lsn) for lsn in chain[lo:hi]]
             views = [self._verified_record(e) for e in entries]
             try:
                 page_lsn = _native.apply_chain(
@@ -501,7 +554,7 @@ class Segment:
         ranges = []
         low = self.scl
         for lsn in present:
-            prev = self.records[lsn][I_PREV_PG]
+            prev = self._entry(lsn)[I_PREV_PG]
             if prev > low and prev not in self.records:
                 ranges.append((low, prev))
             low = lsn
@@ -520,7 +573,8 @@ class Segment:
         for log in self.files:
             log.lsns = [l for l in log.lsns if not after < l <= through]
         for lsn in [l for l in self.records if after < l <= through]:
-            entry = self.records.pop(lsn)
+            entry = self._entry(lsn)
+            del self.records[lsn]
             chain = self.page_chains.get(entry[I_PAGE])
             if chain is not None:
                 chain.remove(lsn)
@@ -593,7 +647,8 @@ class Segment:
             if log in self._dirty_files or not self._log_reclaimable(log, horizon):
                 continue
             for lsn in log.lsns:
-                entry = self.records.pop(lsn)
+                entry = self._entry(lsn)
+                del self.records[lsn]
                 chain = self.page_chains.get(entry[I_PAGE])
                 if chain is not None:
                     chain.remove(lsn)
@@ -604,6 +659,7 @@ class Segment:
             self.pages.sync()
             self._save_state()
             self.files.remove(log)
+            del self.files_by_seq[log.seq]
             log.close()
             os.unlink(log.path)
             fsync_directory(self.directory)
@@ -614,7 +670,7 @@ class Segment:
         for lsn in log.lsns:
             if lsn > horizon:
                 return False
-            entry = self.records[lsn]
+            entry = self._entry(lsn)
             if entry[I_TYPE] in PAGE_TYPES:
                 base = self.pages.newest(entry[I_PAGE], horizon)
                 if base is None or base[0] < lsn:
