@@ -7,7 +7,8 @@ each protection group lives on 6 nodes across 3 failure domains and a write is d
 from aurora import errors
 from aurora.errors import AuroraError
 from aurora._native import crc32c, crc32c_backend
+from aurora.cluster import Cluster
 
 __version__ = "0.1.0"
 
-__all__ = ["AuroraError", "crc32c", "crc32c_backend", "errors", "__version__"]
+__all__ = ["AuroraError", "Cluster", "crc32c", "crc32c_backend", "errors", "__version__"]

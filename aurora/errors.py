@@ -10,6 +10,24 @@ class AuroraError(Exception):
     """Base class of every error aurora raises on purpose."""
 
 
+# ---- the quorum and the writer ------------------------------------------------------------
+
+class QuorumLost(AuroraError):
+    """A protection group has fewer than a write quorum (4 of 6) members reachable, so a write
+    could not become durable in time; or fewer than a read quorum (3) for recovery.  The
+    message names the PG and the missing members.  Nothing acknowledged is lost: the write
+    goes on once members return."""
+
+
+class WriterFenced(AuroraError):
+    """A newer writer has recovered the volume (a higher volume epoch): this writer may no
+    longer write.  Reopen the volume to become the writer again."""
+
+
+class VolumeClosed(AuroraError):
+    """The volume was closed."""
+
+
 # ---- bytes that fail validation (from a wire, a file or a caller) -------------------------
 
 class FormatError(AuroraError, ValueError):

@@ -1,0 +1,884 @@
+"""The writer: a volume opened for writing inside the user's process.
+
+It allocates LSNs, groups changes into mini-transactions (MTRs), ships only redo records to
+every protection group's 6 members, turns their ACKs into PGCL, VCL and VDL in the quorum
+tracker (C), and wakes committers once VDL covers their commit.  Reads are served from a
+buffer pool or by GetPage@LSN from one member whose SCL covers the read point, hedged to a
+second member when the first is slow.
+
+LSNs are *dense*: every record's LSN is the previous one + 1.  That makes the whole volume's
+log one sequence, so recovery can tell exactly which LSNs exist without replaying anything
+(see Volume._recover).
+
+Invariants (DESIGN.md section 2) and where they are kept:
+  1. commit() returns only once VDL >= its CPL (QuorumTracker.wait);
+  2. the tracker's values only move forward; a new epoch starts a new tracker;
+  5. an MTR's records reach the log together, under one lock, with the CPL last;
+  6. _recover uses a read quorum of every PG and truncates (VDL, VDL + LAL] durably under a
+     new epoch before the first write;
+  7. the buffer pool never evicts a page whose LSN is above VDL (BufferPool.evict).
+"""
+import collections
+import json
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+import time
+
+import numpy as np
+
+from aurora import _native, errors, protocol as p
+from aurora.client import NodeClient
+from aurora.node.core import TRUNCATION_ENTRY
+from aurora.node.server import parse_address
+
+log = logging.getLogger("aurora.writer")
+
+MEMBERS_PER_PG = 6
+WRITE_QUORUM = 4
+READ_QUORUM = 3
+LAL_DEFAULT = 10_000_000
+PAGES_PER_PG_DEFAULT = 2_621_440          # 10 GiB of 4 KiB pages, as in the Aurora paper
+COMMIT_TIMEOUT_S_DEFAULT = 30.0
+BUFFER_POOL_PAGES_DEFAULT = 16384
+HEDGE_DELAY_S_DEFAULT = 0.005
+READ_TIMEOUT_S = 5.0
+RECONNECT_DELAY_S_MIN = 0.05
+RECONNECT_DELAY_S_MAX = 1.0
+HINT_INTERVAL_S = 0.1
+RETAINED_BYTES_MAX = 64 * 1024 * 1024      # redo kept for resending to members that reconnect
+LIST_PAGE_RECORDS = 65536
+RECOVERY_ROUNDS_MAX = 10_000              # bound on LIST_RECORDS paging per member
+META_KEY_PREFIX = "volume/"
+RECV_BYTES = 1 << 20
+
+
+# ---- metadata on the nodes, quorum-written ----------------------------------------------------
+
+def meta_read(links, key, need=READ_QUORUM):
+    """(version, value dict or None) from at least ``need`` nodes, the highest version wins."""
+    answers = []
+    failures = []
+    for link in links:
+        try:
+            with link.client() as client:
+                version, value = client.meta_get(key)
+            answers.append((version, value))
+        except (OSError, errors.AuroraError) as exc:
+            failures.append("%s (%s)" % (link.node_id, exc))
+    if len(answers) < need:
+        raise errors.QuorumLost("metadata %r: %d of %d nodes answered, need %d; unreachable: %s"
+                                % (key, len(answers), len(links), need, ", ".join(failures)))
+    version, value = max(answers, key=lambda a: a[0])
+    return version, (json.loads(value.decode()) if version else None)
+
+
+def meta_write(links, key, version, value, need=WRITE_QUORUM):
+    """Store ``value`` under ``version`` on every reachable node; at least ``need`` must take it."""
+    data = json.dumps(value, sort_keys=True).encode()
+    stored = 0
+    failures = []
+    for link in links:
+        try:
+            with link.client() as client:
+                if client.meta_put(key, version, data) >= version:
+                    stored += 1
+        except (OSError, errors.AuroraError) as exc:
+            failures.append("%s (%s)" % (link.node_id, exc))
+    if stored < need:
+        raise errors.QuorumLost("metadata %r version %d reached %d of %d nodes, need %d; unreachable: %s"
+                                % (key, version, stored, len(links), need, ", ".join(failures)))
+
+
+# ---- one member connection --------------------------------------------------------------------
+
+class MemberLink:
+    """The writer's connection to one storage node.
+
+    A sender thread writes every queued frame with one sendall (batches of many MTRs and PGs
+    leave together as soon as the sender is free: no added delay); a receiver thread reads
+    replies and feeds ACKs to the quorum tracker.  A lost connection is re-established with
+    backoff, and the redo this member has not acknowledged is sent again.
+    """
+
+    def __init__(self, volume, node_id, az, address):
+        self.volume = volume
+        self.node_id = node_id
+        self.az = az
+        self.address = address
+        self.cond = threading.Condition()
+        self.queue = collections.deque()     # (frame type, pg, body, volume-level tag)
+        self.inflight = {}                   # request_id -> (frame type, pg, body)
+        self.sock = None
+        self.connected = False
+        self.stopping = False
+        self.drop_traffic = False            # test hook: silently lose everything sent
+        self.next_request_id = 1
+        self.acked_scl = {}                  # pg -> highest SCL this member acknowledged
+        self.latency_s = 0.001               # EWMA of GetPage latency
+        self.last_error = None
+        self.thread = threading.Thread(target=self._run, name="aurora-link-%s" % node_id, daemon=True)
+
+    def start(self):
+        self.thread.start()
+
+    def client(self, timeout=READ_TIMEOUT_S):
+        v = self.volume
+        return NodeClient(self.address, timeout=timeout, volume_id=v.volume_id if v else 0,
+                          volume_epoch=v.epoch if v else 0)
+
+    def enqueue(self, frame_type, pg, body):
+        with self.cond:
+            self.queue.append((frame_type, pg, body))
+            self.cond.notify()
+
+    def stop(self):
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+        sock = self.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+    # sender side
+
+    def _run(self):
+        delay = RECONNECT_DELAY_S_MIN
+        while not self.stopping:
+            if not self.connected:
+                if not self._connect():
+                    with self.cond:
+                        self.cond.wait(delay)
+                    delay = min(delay * 2, RECONNECT_DELAY_S_MAX)
+                    continue
+                delay = RECONNECT_DELAY_S_MIN
+            with self.cond:
+                while not self.queue and not self.stopping and self.connected:
+                    self.cond.wait(0.5)
+                items = list(self.queue)
+                self.queue.clear()
+            if not items or not self.connected:
+                if items:
+                    with self.cond:
+                        self.queue.extendleft(reversed(items))
+                continue
+            if self.drop_traffic:
+                continue
+            frames = []
+            v = self.volume
+            for frame_type, pg, body in items:
+                request_id = self.next_request_id
+                self.next_request_id = (request_id + 1) & 0xFFFFFFFF or 1
+                self.inflight[request_id] = (frame_type, pg, body)
+                frames.append(p.encode_frame(frame_type, body, request_id, v.volume_id, v.epoch,
+                                             v.membership_epoch))
+            try:
+                self.sock.sendall(b"".join(frames))
+            except OSError as exc:
+                self._disconnected(exc)
+        self._close_socket()
+
+    def _connect(self):
+        family, sockaddr = parse_address(self.address)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(2.0)
+            sock.connect(sockaddr)
+            sock.settimeout(None)
+            if family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            sock.close()
+            self.last_error = exc
+            return False
+        self.sock = sock
+        self.inflight = {}
+        self.connected = True
+        threading.Thread(target=self._receive, args=(sock,), name="aurora-recv-%s" % self.node_id,
+                         daemon=True).start()
+        # Whatever this member has not acknowledged goes again (duplicates are idempotent).
+        for frame_type, pg, body in self.volume._resend_for(self):
+            self.enqueue(frame_type, pg, body)
+        return True
+
+    def _disconnected(self, exc):
+        with self.cond:
+            if self.connected:
+                self.last_error = exc
+            self.connected = False
+            self.cond.notify()
+        self._close_socket()
+
+    def _close_socket(self):
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    # receiver side
+
+    def _receive(self, sock):
+        reader = p.FrameReader()
+        try:
+            while True:
+                data = sock.recv(RECV_BYTES)
+                if not data:
+                    raise ConnectionError("node %s closed the connection" % self.node_id)
+                reader.feed(data)
+                for frame in reader.frames():
+                    self._on_frame(frame)
+        except (OSError, errors.AuroraError) as exc:
+            if sock is self.sock:
+                self._disconnected(exc)
+
+    def _on_frame(self, frame):
+        request = self.inflight.pop(frame.request_id, None)
+        if frame.type == p.FRAME_ACK:
+            pg, _, scl, _ = p.ACK_BODY.unpack_from(frame.body)
+            self.volume._on_ack(self, pg, scl)
+            return
+        if frame.type != p.FRAME_ERROR or request is None:
+            return
+        code, _ = p.ERROR_BODY.unpack_from(frame.body)
+        message = bytes(frame.body[p.ERROR_BODY.size:]).decode("utf-8", "replace")
+        frame_type, pg, body = request
+        if code == p.ERROR_STALE_EPOCH:
+            self.volume._fence("node %s: %s" % (self.node_id, message))
+        elif code == p.ERROR_EPOCH_AHEAD and frame_type != p.FRAME_SET_EPOCH:
+            # The node missed this writer's recovery: give it the epoch and the truncations
+            # first, then the request again.
+            self.enqueue(p.FRAME_SET_EPOCH, pg, self.volume._set_epoch_body())
+            self.enqueue(frame_type, pg, body)
+        elif code == p.ERROR_UNKNOWN_SEGMENT and frame_type == p.FRAME_APPEND:
+            self.enqueue(p.FRAME_CREATE_SEGMENT, pg, self.volume._create_segment_body(pg, self))
+            self.enqueue(frame_type, pg, body)
+        else:
+            log.warning("node %s refused %s: %s", self.node_id, p.FRAME_NAMES.get(frame_type), message)
+
+
+# ---- buffer pool -------------------------------------------------------------------------------
+
+class BufferPool:
+    """Page images shared by every connection of the volume; LRU, bounded, and never evicting a
+    page whose latest change is above VDL (invariant 7): that change may exist nowhere else
+    yet in a form a reader could see."""
+
+    def __init__(self, capacity_pages):
+        self.capacity = capacity_pages
+        self.pages = collections.OrderedDict()   # page_no -> [bytes, page_lsn]
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, page_no):
+        entry = self.pages.get(page_no)
+        if entry is not None:
+            self.pages.move_to_end(page_no)
+            self.hits += 1
+        else:
+            self.misses += 1
+        return entry
+
+    def put(self, page_no, data, page_lsn, vdl):
+        self.pages[page_no] = [data, page_lsn]
+        self.pages.move_to_end(page_no)
+        if len(self.pages) > self.capacity:
+            self.evict(vdl)
+
+    def evict(self, vdl):
+        over = len(self.pages) - self.capacity
+        if over <= 0:
+            return
+        for page_no in list(self.pages):
+            if over <= 0:
+                break
+            if self.pages[page_no][1] <= vdl:
+                del self.pages[page_no]
+                over -= 1
+
+
+# ---- the volume ---------------------------------------------------------------------------
+
+class Volume:
+    """A volume of fixed-size pages, opened for writing.  Thread-safe."""
+
+    def __init__(self, cluster, name="main", page_size=_native.PAGE_SIZE_DEFAULT,
+                 pages_per_pg=None, lal=LAL_DEFAULT, commit_timeout=COMMIT_TIMEOUT_S_DEFAULT,
+                 buffer_pool_pages=BUFFER_POOL_PAGES_DEFAULT, hedge_delay=HEDGE_DELAY_S_DEFAULT):
+        self.cluster = cluster
+        self.name = name
+        self.commit_timeout = commit_timeout
+        self.hedge_delay = hedge_delay
+        self._lock = threading.RLock()        # the log: LSN allocation and MTR hand-off
+        self._mtrs = threading.local()
+        self._readers = threading.local()
+        self._closed = False
+        self._fenced = None
+        self.volume_id = 0
+        self.epoch = 0
+        self.membership_epoch = 0
+        self.links = {}
+        self.stats = collections.Counter()
+        self._retained_lock = threading.Lock()
+        for node in cluster.nodes:
+            self.links[node.node_id] = MemberLink(self, node.node_id, node.az, node.address)
+        self.pool = BufferPool(buffer_pool_pages)
+        started = time.monotonic()
+        self._open(page_size, pages_per_pg or cluster.pages_per_pg or PAGES_PER_PG_DEFAULT, lal)
+        self.recovery_seconds = time.monotonic() - started
+        # The links start only now: recovery talks to the nodes on connections of its own.
+        for link in self.links.values():
+            link.start()
+        self._hint_sent = 0
+        self._ticker = threading.Thread(target=self._tick, name="aurora-writer-tick", daemon=True)
+        self._ticker.start()
+
+    # ---- open and recovery -------------------------------------------------------------
+
+    def _all_links(self):
+        return list(self.links.values())
+
+    def _open(self, page_size, pages_per_pg, lal):
+        key = META_KEY_PREFIX + self.name
+        version, meta = meta_read(self._all_links(), key)
+        if meta is None:
+            meta = {"name": self.name, "volume_id": int.from_bytes(os.urandom(7), "little") or 1,
+                    "page_size": page_size, "pages_per_pg": pages_per_pg, "lal": lal, "epoch": 1,
+                    "membership_epoch": 0, "pgs": {}, "truncations": []}
+            self._apply_meta(meta, version + 1)
+            meta_write(self._all_links(), key, self.meta_version, meta)
+            self._start(vdl=0, next_lsn=1, prev_lsn_pg={})
+            self.recovery = {"created": True, "vdl": 0}
+            return
+        if meta["page_size"] != page_size:
+            raise ValueError("volume %r has %d-byte pages, not %d" % (self.name, meta["page_size"], page_size))
+        self._apply_meta(meta, version)
+        self._recover(key)
+
+    def _apply_meta(self, meta, version):
+        self.meta = meta
+        self.meta_version = version
+        self.volume_id = meta["volume_id"]
+        self.page_size = meta["page_size"]
+        self.pages_per_pg = meta["pages_per_pg"]
+        self.lal = meta["lal"]
+        self.epoch = meta["epoch"]
+        self.membership_epoch = meta["membership_epoch"]
+        self.members = {int(pg): ids for pg, ids in meta["pgs"].items()}
+
+    def _start(self, vdl, next_lsn, prev_lsn_pg):
+        self.tracker = _native.QuorumTracker(MEMBERS_PER_PG, WRITE_QUORUM, vdl)
+        self.next_lsn = next_lsn
+        self.prev_lsn_pg = dict(prev_lsn_pg)
+        self.retained = {pg: collections.deque() for pg in self.members}
+        self.retained_bytes = 0
+        self.highest_cpl = vdl
+
+    def _recover(self, key):
+        """Writer recovery (DESIGN.md invariant 6), with no redo replay: read a quorum of every
+        PG's members, find VCL and VDL from the dense LSN sequence, truncate everything above
+        VDL (up to VDL + LAL) under a new epoch on a write quorum, and start above it."""
+        meta = self.meta
+        void = [(a, t) for a, t in meta["truncations"]]
+        # Round 1: every member's SCL and VDL hint.  Everything <= the highest hint is durable.
+        answers = {}
+        for pg, ids in self.members.items():
+            for node_id in ids:
+                try:
+                    with self.links[node_id].client() as client:
+                        answers[pg, node_id] = client.list_records(pg, _native.LSN_MAX, 0)
+                except (OSError, errors.AuroraError):
+                    continue
+        for pg, ids in self.members.items():
+            got = [n for n in ids if (pg, n) in answers]
+            if len(got) < READ_QUORUM:
+                raise self._quorum_lost(pg, [n for n in ids if n not in got], READ_QUORUM, "recovery")
+        base = max([a[1] for a in answers.values()] + [0])
+        # Round 2: every record above the base, from a read quorum of each PG.
+        present = {}          # lsn -> (pg, prev_lsn_pg, flags)
+        last_below = {}       # pg -> highest LSN <= base held by a responder
+        for pg, ids in self.members.items():
+            responded = 0
+            for node_id in ids:
+                try:
+                    with self.links[node_id].client() as client:
+                        after = base
+                        for _ in range(RECOVERY_ROUNDS_MAX):
+                            scl, hint, below, entries = client.list_records(pg, after, LIST_PAGE_RECORDS)
+                            if after == base:
+                                last_below[pg] = max(last_below.get(pg, 0), below)
+                            for lsn, prev, flags in entries:
+                                present[lsn] = (pg, prev, flags)
+                            if len(entries) < LIST_PAGE_RECORDS:
+                                break
+                            after = entries[-1][0]
+                    responded += 1
+                except (OSError, errors.AuroraError):
+                    continue
+            if responded < READ_QUORUM:
+                raise self._quorum_lost(pg, ids, READ_QUORUM, "recovery")
+        # VCL: the end of the run of LSNs above the base that all exist (or were voided by an
+        # earlier recovery); VDL: the highest CPL at or below it.
+        vcl = base
+        vdl = base
+        rounds = 0
+        while rounds < len(present) + len(void) + 1:
+            rounds += 1
+            nxt = vcl + 1
+            skipped = False
+            for after, through in void:
+                if after < nxt <= through:
+                    vcl = through
+                    skipped = True
+            if skipped:
+                continue
+            entry = present.get(nxt)
+            if entry is None:
+                break
+            vcl = nxt
+            if entry[2] & _native.FLAG_CPL:
+                vdl = nxt
+        prev_lsn_pg = {}
+        for pg in self.members:
+            below = [lsn for lsn, (g, _, _) in present.items() if g == pg and lsn <= vdl]
+            prev_lsn_pg[pg] = max(below) if below else last_below.get(pg, 0)
+        through = vdl + self.lal
+        new_meta = dict(meta)
+        new_meta["epoch"] = meta["epoch"] + 1
+        new_meta["truncations"] = meta["truncations"] + [[vdl, through]]
+        self._apply_meta(new_meta, self.meta_version + 1)
+        # The new epoch and the truncation are durable on the nodes before the first write.
+        meta_write(self._all_links(), key, self.meta_version, new_meta)
+        body = self._set_epoch_body()
+        for pg, ids in self.members.items():
+            done = []
+            for node_id in ids:
+                try:
+                    with self.links[node_id].client() as client:
+                        client.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK, volume_epoch=self.epoch)
+                    done.append(node_id)
+                except (OSError, errors.AuroraError):
+                    continue
+            if len(done) < WRITE_QUORUM:
+                raise self._quorum_lost(pg, [n for n in ids if n not in done], WRITE_QUORUM, "recovery")
+        self._start(vdl=vdl, next_lsn=through + 1, prev_lsn_pg=prev_lsn_pg)
+        self.recovery = {"created": False, "base": base, "vcl": vcl, "vdl": vdl,
+                         "records_listed": len(present), "truncated": [vdl, through], "epoch": self.epoch}
+
+    def _set_epoch_body(self):
+        return p.SET_EPOCH_BODY.pack(self.epoch, self.membership_epoch) + b"".join(
+            TRUNCATION_ENTRY.pack(pg, 0, after, through)
+            for pg in sorted(self.members) for after, through in self.meta["truncations"])
+
+    def _create_segment_body(self, pg, link):
+        peers = [self.links[n].address for n in self.members[pg] if n != link.node_id]
+        body = p.CREATE_SEGMENT_BODY.pack(pg, self.page_size, self.pages_per_pg)
+        body += struct.pack("<I", len(peers))
+        for address in peers:
+            data = address.encode()
+            body += struct.pack("<H", len(data)) + data
+        return body
+
+    # ---- protection groups -------------------------------------------------------------
+
+    def _choose_members(self, pg):
+        """Six nodes over three AZs, two per AZ, rotating with the PG so load spreads."""
+        by_az = collections.OrderedDict()
+        for node in self.cluster.nodes:
+            by_az.setdefault(node.az, []).append(node.node_id)
+        if len(by_az) < 3 or sum(len(v) for v in by_az.values()) < MEMBERS_PER_PG:
+            raise errors.QuorumLost("a protection group needs 6 nodes in 3 AZs; the cluster has %d nodes in %d AZs"
+                                    % (sum(len(v) for v in by_az.values()), len(by_az)))
+        azs = list(by_az)
+        chosen = []
+        for i in range(3):
+            az_nodes = by_az[azs[(pg + i) % len(azs)]]
+            for j in range(2):
+                chosen.append(az_nodes[(pg + j) % len(az_nodes)])
+        if len(set(chosen)) < MEMBERS_PER_PG:
+            raise errors.QuorumLost("cannot place PG %d on 6 distinct nodes" % pg)
+        return chosen
+
+    def _ensure_pg(self, pg):
+        """Create PG ``pg``'s segments on its members (a write quorum must take them) and
+        record the membership in the volume's metadata.  Called with the log lock held."""
+        if pg in self.members:
+            return
+        ids = self._choose_members(pg)
+        self.members[pg] = ids
+        created = []
+        for node_id in ids:
+            link = self.links[node_id]
+            try:
+                with link.client() as client:
+                    client.request(p.FRAME_CREATE_SEGMENT, self._create_segment_body(pg, link), p.FRAME_OK)
+                created.append(node_id)
+            except (OSError, errors.AuroraError):
+                continue
+        if len(created) < WRITE_QUORUM:
+            del self.members[pg]
+            raise self._quorum_lost(pg, [n for n in ids if n not in created], WRITE_QUORUM, "creating a segment")
+        meta = dict(self.meta)
+        meta["pgs"] = {str(g): m for g, m in self.members.items()}
+        self._apply_meta(meta, self.meta_version + 1)
+        meta_write(self._all_links(), META_KEY_PREFIX + self.name, self.meta_version, meta)
+        self.retained[pg] = collections.deque()
+        self.prev_lsn_pg.setdefault(pg, 0)
+
+    def _member_index(self, pg, node_id):
+        return self.members[pg].index(node_id)
+
+    # ---- the write path ----------------------------------------------------------------
+
+    def _check_open(self):
+        if self._closed:
+            raise errors.VolumeClosed("volume %r is closed" % self.name)
+        if self._fenced:
+            raise errors.WriterFenced(self._fenced)
+
+    def write(self, page_no, data, offset=0):
+        """Stage a change to ``page_no`` in this thread's current MTR."""
+        self._check_open()
+        data = bytes(data)
+        if page_no < 0 or page_no > _native.PAGE_NO_MAX:
+            raise ValueError("page number %d out of range" % page_no)
+        if offset < 0 or offset + len(data) > self.page_size:
+            raise ValueError("write of %d bytes at offset %d does not fit a %d-byte page"
+                             % (len(data), offset, self.page_size))
+        mtr = getattr(self._mtrs, "changes", None)
+        if mtr is None:
+            mtr = self._mtrs.changes = {}
+        mtr.setdefault(page_no, []).append((offset, data))
+
+    def rollback(self):
+        """Drop this thread's staged, uncommitted changes."""
+        self._mtrs.changes = {}
+
+    def commit(self, timeout=None):
+        """End this thread's MTR (its last record is the CPL) and return its LSN once VDL has
+        reached it: durable at 4 of 6 in every PG it touched."""
+        lsn = self._log_mtr()
+        self.wait_durable(lsn, timeout)
+        return lsn
+
+    def commit_nowait(self):
+        """End this thread's MTR and hand it to the log without waiting for durability;
+        returns its CPL LSN (pass it to wait_durable).  Pipelined commits: the caller can
+        release its own locks between the two."""
+        return self._log_mtr()
+
+    def commit_async(self):
+        """End this thread's MTR now; return a future that resolves to its LSN once durable."""
+        from concurrent.futures import Future
+        lsn = self._log_mtr()
+        future = Future()
+
+        def wait():
+            try:
+                self.wait_durable(lsn)
+                future.set_result(lsn)
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        threading.Thread(target=wait, name="aurora-commit-wait", daemon=True).start()
+        return future
+
+    def wait_durable(self, lsn, timeout=None):
+        timeout = self.commit_timeout if timeout is None else timeout
+        try:
+            self.tracker.wait(lsn, timeout)
+        except Exception:
+            self._check_open()
+            if self.tracker.vdl >= lsn:
+                return
+            raise self._quorum_lost_for(lsn, timeout)
+
+    def _log_mtr(self):
+        changes = getattr(self._mtrs, "changes", None) or {}
+        self._mtrs.changes = {}
+        with self._lock:
+            self._check_open()
+            records = []   # (pg, page_no, type, payload, new image, page LSN before)
+            for page_no in sorted(changes):
+                old, old_lsn = self._page_for_write(page_no)
+                new = bytearray(old)
+                for offset, data in changes[page_no]:
+                    new[offset:offset + len(data)] = data
+                new = bytes(new)
+                if new == old:
+                    continue
+                rtype, payload = _native.encode_change(old, new)
+                records.append((page_no // self.pages_per_pg, page_no, rtype, payload, new, old_lsn))
+            if not records:
+                return min(self.highest_cpl, self.next_lsn - 1)
+            count = len(records)
+            self.tracker.wait_lal(self.next_lsn + count - 1, self.lal, self.commit_timeout)
+            # Records are grouped by PG and LSNs allocated in that order, so each PG's batch is
+            # one increasing run; the MTR's last record, the CPL, closes the whole MTR.
+            records.sort(key=lambda r: (r[0], r[1]))
+            by_pg = collections.OrderedDict()
+            for r in records:
+                self._ensure_pg(r[0])
+                by_pg.setdefault(r[0], []).append(r)
+            lsn = self.next_lsn
+            cpl = lsn + count - 1
+            for pg, rows in by_pg.items():
+                lsns, prev_pg, prev_page, pages, types, flags, payloads = [], [], [], [], [], [], []
+                for _, page_no, rtype, payload, new, old_lsn in rows:
+                    lsns.append(lsn)
+                    prev_pg.append(self.prev_lsn_pg.get(pg, 0))
+                    prev_page.append(old_lsn)
+                    pages.append(page_no)
+                    types.append(rtype)
+                    flags.append(_native.FLAG_CPL if lsn == cpl else 0)
+                    payloads.append(payload)
+                    self.prev_lsn_pg[pg] = lsn
+                    self.pool.put(page_no, new, lsn, self.tracker.vdl)
+                    lsn += 1
+                batch = _native.encode_batch(self.volume_id, pg, self.epoch, self.membership_epoch,
+                                             lsns, prev_pg, prev_page, pages, types, flags, payloads)
+                self.tracker.sent(pg, np.array(lsns, dtype=np.uint64),
+                                  np.array([f & _native.FLAG_CPL for f in flags], dtype=np.uint8))
+                self._ship(pg, lsns[0], lsns[-1], batch)
+            self.next_lsn = lsn
+            self.highest_cpl = cpl
+            self.stats["mtrs"] += 1
+            self.stats["records"] += count
+            return cpl
+
+    def _ship(self, pg, first, last, batch):
+        with self._retained_lock:
+            retained = self.retained.setdefault(pg, collections.deque())
+            retained.append((first, last, batch))
+            self.retained_bytes += len(batch)
+        self.stats["bytes_shipped"] += len(batch) * len(self.members[pg])
+        self.stats["batch_bytes"] += len(batch)
+        for node_id in self.members[pg]:
+            self.links[node_id].enqueue(p.FRAME_APPEND, pg, batch)
+
+    def _resend_for(self, link):
+        """Frames a (re)connected member still needs: every retained batch above its SCL."""
+        frames = []
+        with self._retained_lock:
+            for pg, ids in list(self.members.items()):
+                if link.node_id not in ids:
+                    continue
+                acked = link.acked_scl.get(pg, 0)
+                for first, last, batch in list(self.retained.get(pg, ())):
+                    if last > acked:
+                        frames.append((p.FRAME_APPEND, pg, batch))
+        return frames
+
+    def _on_ack(self, link, pg, scl):
+        if scl > link.acked_scl.get(pg, 0):
+            link.acked_scl[pg] = scl
+        ids = self.members.get(pg)
+        if ids is None or link.node_id not in ids:
+            return
+        self.tracker.ack(pg, ids.index(link.node_id), scl)
+        self._trim(pg)
+
+    def _trim(self, pg):
+        """Drop retained redo every member has acknowledged; past RETAINED_BYTES_MAX also what
+        a write quorum has (stragglers then catch up by gossip)."""
+        retained = self.retained.get(pg)
+        if not retained:
+            return
+        scls = [self.links[n].acked_scl.get(pg, 0) for n in self.members[pg]]
+        everyone = min(scls)
+        quorum = sorted(scls, reverse=True)[WRITE_QUORUM - 1]
+        with self._retained_lock:
+            while retained and (retained[0][1] <= everyone or
+                                (self.retained_bytes > RETAINED_BYTES_MAX and retained[0][1] <= quorum)):
+                self.retained_bytes -= len(retained.popleft()[2])
+
+    def _fence(self, why):
+        if not self._fenced:
+            self._fenced = "writer of volume %r (epoch %d) was fenced by a newer writer: %s" % (
+                self.name, self.epoch, why)
+            log.warning(self._fenced)
+            self.tracker.fail(-15)
+
+    # ---- errors that name what is missing ------------------------------------------------
+
+    def _quorum_lost(self, pg, missing, need, what):
+        az_of = {n.node_id: n.az for n in self.cluster.nodes}
+        ids = self.members.get(pg, [])
+        by_az = collections.defaultdict(list)
+        for node_id in missing:
+            by_az[az_of.get(node_id, "?")].append(node_id)
+        down = "; ".join("%s: %s down" % (az, ", ".join(nodes)) for az, nodes in sorted(by_az.items()))
+        return errors.QuorumLost("%s: PG %d has %d of %d members reachable (%s); needs %d"
+                                 % (what, pg, len(ids) - len(missing), len(ids), down, need))
+
+    def _quorum_lost_for(self, lsn, timeout):
+        for pg, ids in sorted(self.members.items()):
+            scls = self.tracker.member_scls(pg)
+            behind = [n for i, n in enumerate(ids) if scls[i] < min(lsn, self.prev_lsn_pg.get(pg, 0))]
+            if len(ids) - len(behind) < WRITE_QUORUM:
+                return self._quorum_lost(pg, behind, WRITE_QUORUM,
+                                         "commit at LSN %d not durable after %.1f s" % (lsn, timeout))
+        return errors.QuorumLost("commit at LSN %d not durable after %.1f s (VDL %d)" % (lsn, timeout, self.tracker.vdl))
+
+    # ---- the read path -----------------------------------------------------------------
+
+    @property
+    def vdl(self):
+        return self.tracker.vdl
+
+    def read(self, page_no, lsn=None):
+        """The page as of ``lsn`` (default: the latest, including this writer's own changes
+        that are not yet durable)."""
+        self._check_open()
+        if lsn is None:
+            with self._lock:
+                return self._page_for_write(page_no)[0]
+        if lsn > self.tracker.vdl:
+            raise ValueError("read point %d is above VDL %d" % (lsn, self.tracker.vdl))
+        return self._get_page(page_no, lsn)[0]
+
+    def _page_for_write(self, page_no):
+        """(image, page LSN) of the latest version; the log lock is held."""
+        entry = self.pool.get(page_no)
+        if entry is None:
+            data, page_lsn = self._get_page(page_no, self.tracker.vdl)
+            self.pool.put(page_no, data, page_lsn, self.tracker.vdl)
+            entry = self.pool.get(page_no)
+        return entry[0], entry[1]
+
+    def _get_page(self, page_no, read_lsn):
+        pg = page_no // self.pages_per_pg
+        ids = self.members.get(pg)
+        if ids is None:
+            return bytes(self.page_size), 0      # a PG never written: all zero pages
+        scls = self.tracker.member_scls(pg)
+        candidates = [n for i, n in enumerate(ids) if scls[i] >= read_lsn and self.links[n].connected]
+        if not candidates:
+            # No ACK has told us a member covers the read point (e.g. just after recovery):
+            # any member may; the node refuses a read point above its SCL.
+            candidates = [n for n in ids if self.links[n].connected] or list(ids)
+        candidates.sort(key=lambda n: self.links[n].latency_s)
+        return self._hedged_read(pg, page_no, read_lsn, candidates)
+
+    def _reader(self, node_id):
+        clients = getattr(self._readers, "clients", None)
+        if clients is None:
+            clients = self._readers.clients = {}
+        client = clients.get(node_id)
+        if client is None:
+            client = self.links[node_id].client()
+            clients[node_id] = client
+        return client
+
+    def _drop_reader(self, node_id):
+        client = getattr(self._readers, "clients", {}).pop(node_id, None)
+        if client is not None:
+            client.close()
+
+    def _hedged_read(self, pg, page_no, read_lsn, candidates):
+        """GetPage@LSN from the fastest member; a second one is asked too if the first has
+        not answered within the hedge delay, and the first answer wins."""
+        body = p.GET_PAGE_BODY.pack(pg, page_no, read_lsn)
+        failures = []
+        pending = {}
+        order = list(candidates)
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while order or pending:
+            if order and (not pending or len(pending) < 2):
+                node_id = order.pop(0)
+                try:
+                    client = self._reader(node_id)
+                    client.send(p.FRAME_GET_PAGE, body, volume_id=self.volume_id, volume_epoch=self.epoch)
+                    pending[client.sock] = (node_id, client, time.monotonic())
+                except (OSError, errors.AuroraError) as exc:
+                    self._drop_reader(node_id)
+                    failures.append("%s: %s" % (node_id, exc))
+                    continue
+            wait = self.hedge_delay if order and len(pending) < 2 else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select(list(pending), [], [], wait)
+            if not ready:
+                if time.monotonic() >= deadline:
+                    break
+                self.stats["hedged_reads"] += 1
+                continue
+            sock = ready[0]
+            node_id, client, started = pending.pop(sock)
+            try:
+                frame = client.receive()
+                page_no_back, page_size, page_lsn, _ = p.PAGE_BODY.unpack_from(frame.body)
+                data = bytes(frame.body[p.PAGE_BODY.size:])
+                if frame.type != p.FRAME_PAGE or page_no_back != page_no or len(data) != self.page_size:
+                    raise errors.FormatError("unexpected reply to GET_PAGE from %s" % node_id)
+            except (OSError, errors.AuroraError) as exc:
+                self._drop_reader(node_id)
+                failures.append("%s: %s" % (node_id, exc))
+                continue
+            link = self.links[node_id]
+            link.latency_s = 0.8 * link.latency_s + 0.2 * (time.monotonic() - started)
+            for other_node, _, _ in pending.values():   # abandon the slower request
+                self._drop_reader(other_node)
+            return data, page_lsn
+        for other_node, _, _ in pending.values():
+            self._drop_reader(other_node)
+        raise errors.QuorumLost("page %d at LSN %d: no member of PG %d could serve it (%s)"
+                                % (page_no, read_lsn, pg, "; ".join(failures) or "timed out"))
+
+    # ---- background: VDL hints and the low-water mark -----------------------------------
+
+    def _tick(self):
+        while not self._closed:
+            time.sleep(HINT_INTERVAL_S)
+            if self._fenced or self._closed:
+                continue
+            vdl = self.tracker.vdl
+            if vdl > self._hint_sent:
+                self._hint_sent = vdl
+                body = struct.pack("<Q", vdl)
+                members = {n for ids in list(self.members.values()) for n in ids}
+                for node_id in members:
+                    self.links[node_id].enqueue(p.FRAME_VOLUME_HINT, 0, body)
+
+    # ---- status and close --------------------------------------------------------------
+
+    def status(self):
+        return {
+            "name": self.name, "volume_id": self.volume_id, "epoch": self.epoch,
+            "vdl": self.tracker.vdl, "vcl": self.tracker.vcl, "next_lsn": self.next_lsn,
+            "pgs": {pg: {"members": ids, "scls": self.tracker.member_scls(pg), "pgcl": self.tracker.pgcl(pg)}
+                    for pg, ids in self.members.items()},
+            "links": {n: {"connected": l.connected, "az": l.az} for n, l in self.links.items()},
+            "fenced": self._fenced, "stats": dict(self.stats),
+            "buffer_pool": {"pages": len(self.pool.pages), "hits": self.pool.hits, "misses": self.pool.misses},
+        }
+
+    def close(self, timeout=5.0):
+        if self._closed:
+            return
+        if not self._fenced:
+            try:
+                self.tracker.wait(self.highest_cpl, timeout)
+            except errors.AuroraError:
+                pass
+        self._closed = True
+        self._stop_links()
+        for client in getattr(self._readers, "clients", {}).values():
+            client.close()
+
+    def _stop_links(self):
+        for link in self.links.values():
+            link.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

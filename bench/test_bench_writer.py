@@ -1,0 +1,120 @@
+"""Writer benchmarks (issue 4): commit throughput and latency on 6 local node processes.
+
+    pytest bench/test_bench_writer.py --benchmark-json=bench/results/writer.json
+
+Side by side in one run: aurora commits (one 100-byte change to a 4 KiB page per commit) with
+1, 4 and 16 committing threads; a loop of local fdatasync (the single-disk durability floor);
+SQLite in WAL mode with synchronous=FULL, one row update per transaction, same thread counts.
+Latency percentiles come from per-commit timings and are put in extra_info.
+"""
+import os
+import random
+import sqlite3
+import statistics
+import tempfile
+import threading
+import time
+
+import pytest
+
+from aurora.cluster import Cluster
+
+COMMITS_PER_THREAD = 200
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with Cluster.local(tempfile.mkdtemp(prefix="aur-bench-"), log_file_bytes=64 << 20) as c:
+        yield c
+
+
+def run_threads(threads, work):
+    latencies = []
+    lock = threading.Lock()
+
+    def worker(t):
+        mine = []
+        for i in range(COMMITS_PER_THREAD):
+            start = time.perf_counter()
+            work(t, i)
+            mine.append(time.perf_counter() - start)
+        with lock:
+            latencies.extend(mine)
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return time.perf_counter() - started, sorted(latencies)
+
+
+def report(benchmark, threads, seconds, latencies):
+    commits = threads * COMMITS_PER_THREAD
+    benchmark.extra_info.update(
+        threads=threads, commits_per_s=commits / seconds,
+        p50_ms=latencies[len(latencies) // 2] * 1e3,
+        p99_ms=latencies[int(len(latencies) * 0.99)] * 1e3,
+        mean_ms=statistics.fmean(latencies) * 1e3)
+
+
+@pytest.mark.parametrize("threads", [1, 4, 16])
+def test_aurora_commit(benchmark, cluster, threads):
+    volume = cluster.open_volume("bench-%d" % threads)
+    rng = random.Random(threads)
+    row = rng.randbytes(100)
+
+    def work(t, i):
+        volume.write(t * 8 + i % 8, row, offset=(i * 100) % 3900)
+        volume.commit()
+
+    benchmark.group = "commit %d threads" % threads
+    result = {}
+    benchmark.pedantic(lambda: result.update(zip(("s", "l"), run_threads(threads, work))), rounds=1, iterations=1)
+    report(benchmark, threads, result["s"], result["l"])
+    benchmark.extra_info["bytes_per_commit"] = volume.stats["bytes_shipped"] / max(1, volume.stats["mtrs"])
+    volume.close()
+
+
+@pytest.mark.parametrize("threads", [1, 4, 16])
+def test_sqlite_wal_full_commit(benchmark, threads):
+    path = os.path.join(tempfile.mkdtemp(prefix="aur-bench-"), "wal.db")
+    setup = sqlite3.connect(path)
+    setup.execute("PRAGMA journal_mode=WAL")
+    setup.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+    setup.executemany("INSERT INTO t VALUES (?, ?)", [(i, b"x" * 100) for i in range(1000)])
+    setup.commit()
+    setup.close()
+    local = threading.local()
+
+    def work(t, i):
+        db = getattr(local, "db", None)
+        if db is None:
+            db = local.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+            db.execute("PRAGMA synchronous=FULL")
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("UPDATE t SET v = ? WHERE id = ?", (os.urandom(100), (t * 37 + i) % 1000))
+        db.execute("COMMIT")
+
+    benchmark.group = "commit %d threads" % threads
+    result = {}
+    benchmark.pedantic(lambda: result.update(zip(("s", "l"), run_threads(threads, work))), rounds=1, iterations=1)
+    report(benchmark, threads, result["s"], result["l"])
+
+
+def test_local_fdatasync_floor(benchmark):
+    fd = os.open(os.path.join(tempfile.mkdtemp(prefix="aur-bench-"), "floor"), os.O_RDWR | os.O_CREAT, 0o600)
+    block = os.urandom(4096)
+    position = [0]
+
+    def one():
+        os.pwrite(fd, block, position[0])
+        position[0] += 4096
+        os.fdatasync(fd)
+
+    benchmark.group = "commit 1 threads"
+    benchmark.pedantic(one, rounds=300, iterations=1)
+    benchmark.extra_info.update(p50_ms=benchmark.stats.stats.median * 1e3,
+                                commits_per_s=1 / benchmark.stats.stats.median)
+    os.close(fd)
