@@ -684,7 +684,9 @@ class Volume:
         ids = self.members.get(pg)
         if ids is None or link.node_id not in ids:
             return
-        self.tracker.ack(pg, ids.index(link.node_id), scl)
+        # An SCL above everything registered says nothing more (it can only come from a
+        # member that has not truncated yet); the tracker refuses it, so clamp.
+        self.tracker.ack(pg, ids.index(link.node_id), min(scl, self.tracker.highest_lsn))
         self._trim(pg)
 
     def _trim(self, pg):
@@ -741,7 +743,14 @@ class Volume:
         self._check_open()
         if lsn is None:
             with self._lock:
-                return self._page_for_write(page_no)[0]
+                image = self._page_for_write(page_no)[0]
+            staged = (getattr(self._mtrs, "changes", None) or {}).get(page_no)
+            if staged:      # this thread sees its own uncommitted writes
+                image = bytearray(image)
+                for offset, data in staged:
+                    image[offset:offset + len(data)] = data
+                image = bytes(image)
+            return image
         if lsn > self.tracker.vdl:
             raise ValueError("read point %d is above VDL %d" % (lsn, self.tracker.vdl))
         return self._get_page(page_no, lsn)[0]
