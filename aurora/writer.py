@@ -481,7 +481,10 @@ class Volume:
                     continue
             if len(done) < WRITE_QUORUM:
                 raise self._quorum_lost(pg, [n for n in ids if n not in done], WRITE_QUORUM, "recovery")
-        self._start(vdl=vdl, next_lsn=through + 1, prev_lsn_pg=prev_lsn_pg)
+        # Every LSN up to `through` is now durable or void, so the new writer starts there:
+        # its VDL begins at `through` (LAL back-pressure counts from it) and its first record
+        # is through + 1.
+        self._start(vdl=through, next_lsn=through + 1, prev_lsn_pg=prev_lsn_pg)
         self.recovery = {"created": False, "base": base, "vcl": vcl, "vdl": vdl,
                          "records_listed": len(present), "truncated": [vdl, through], "epoch": self.epoch}
 
