@@ -18,7 +18,11 @@ class NodeClient:
         self.address = address
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
-        self.sock.connect(sockaddr)
+        try:
+            self.sock.connect(sockaddr)
+        except BaseException:
+            self.sock.close()
+            raise
         if family != socket.AF_UNIX:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = p.FrameReader()

@@ -182,6 +182,10 @@ def stub_class(name, cls):
             continue
         if isinstance(value, (types.GetSetDescriptorType, types.MemberDescriptorType)):
             body.append("    %s: Any\n" % attr)
+        elif attr == "__init__" and not (value.__doc__ or "").startswith("__init__("):
+            # Cython embeds a cdef class's constructor signature in the class docstring.
+            params, _ = embedded_signature(name, cls)
+            body.append("    def __init__(%s) -> None: ...\n" % ", ".join(["self"] + params))
         elif callable(value):
             body.append(stub_function(attr, value, indent="    ", self_param=True))
     lines += body or ["    ...\n"]
