@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import select
+import selectors
 import socket
 import struct
 import threading
@@ -58,6 +59,7 @@ META_KEY_PREFIX = "volume/"
 PG_RANGES_MAX = 1 << 22
 READERS_PRUNE_EVERY = 32                  # look for connections of finished threads this often                   # batch LSN ranges remembered per PG for read points
 RECV_BYTES = 1 << 20
+BOXCAR_BYTES_MAX = 8 * 1024 * 1024         # largest batch the sender makes by merging
 
 
 # ---- metadata on the nodes, quorum-written ----------------------------------------------------
@@ -97,37 +99,85 @@ def meta_write(links, key, version, value, need=WRITE_QUORUM):
                                 % (key, version, stored, len(links), need, ", ".join(failures)))
 
 
+# ---- boxcars ---------------------------------------------------------------------------------
+
+BATCH_HEADER = struct.Struct("<IHHIIQQQQQII")   # docs/format.md: the 64-byte batch header
+assert BATCH_HEADER.size == _native.BATCH_HEADER_SIZE
+
+
+def merge_batches(batches):
+    """One batch holding the records of ``batches`` (same PG and epochs, increasing LSNs): the
+    records keep their own CRCs, only a new header is made.  A node then decodes, appends
+    and acknowledges them as one."""
+    if len(batches) == 1:
+        return batches[0]
+    first = BATCH_HEADER.unpack_from(batches[0])
+    last = BATCH_HEADER.unpack_from(batches[-1])
+    count = sum(BATCH_HEADER.unpack_from(b)[4] for b in batches)
+    body = b"".join(memoryview(b)[_native.BATCH_HEADER_SIZE:] for b in batches)
+    header = bytearray(BATCH_HEADER.pack(first[0], first[1], 0, 0, count, first[5], first[6], first[7],
+                                         first[8], last[9], first[10], len(body)))
+    struct.pack_into("<I", header, 8, _native.crc_mask(_native.crc32c(memoryview(header)[12:])))
+    return bytes(header) + body
+
+
+def coalesce_appends(items):
+    """Queued frames with each run of consecutive APPENDs folded into one APPEND per PG (the
+    boxcar: every MTR that queued while the sender was busy leaves in one batch per PG).
+    Other frames stay where they are, as barriers."""
+    out = []
+    run = collections.OrderedDict()          # pg -> [batch bodies], in arrival order
+    size = {}
+
+    def flush():
+        for pg, bodies in run.items():
+            out.append((p.FRAME_APPEND, pg, merge_batches(bodies)))
+        run.clear()
+        size.clear()
+
+    for frame_type, pg, body in items:
+        if frame_type != p.FRAME_APPEND:
+            flush()
+            out.append((frame_type, pg, body))
+            continue
+        bodies = run.setdefault(pg, [])
+        records = BATCH_HEADER.unpack_from(body)[4]
+        if bodies and (size[pg][0] + records > _native.BATCH_RECORDS_MAX or
+                       size[pg][1] + len(body) > BOXCAR_BYTES_MAX):
+            flush()
+            bodies = run.setdefault(pg, [])
+        bodies.append(body)
+        count, length = size.get(pg, (0, 0))
+        size[pg] = (count + records, length + len(body))
+    flush()
+    return out
+
+
 # ---- one member connection --------------------------------------------------------------------
 
 class MemberLink:
-    """The writer's connection to one storage node.
-
-    A sender thread writes every queued frame with one sendall (batches of many MTRs and PGs
-    leave together as soon as the sender is free: no added delay); a receiver thread reads
-    replies and feeds ACKs to the quorum tracker.  A lost connection is re-established with
-    backoff, and the redo this member has not acknowledged is sent again.
-    """
+    """The writer's view of one storage node: a queue of frames to send, the requests in
+    flight, the SCLs it acknowledged, and its connection.  The threads are shared by every
+    link of the volume (LinkPump), so a commit wakes one sender, not six."""
 
     def __init__(self, volume, node_id, az, address):
         self.volume = volume
         self.node_id = node_id
         self.az = az
         self.address = address
-        self.cond = threading.Condition()
-        self.queue = collections.deque()     # (frame type, pg, body, volume-level tag)
+        self.pump = None
+        self.queue = collections.deque()     # (frame type, pg, body)
         self.inflight = {}                   # request_id -> (frame type, pg, body)
         self.sock = None
+        self.reader = None
         self.connected = False
-        self.stopping = False
         self.drop_traffic = False            # test hook: silently lose everything sent
         self.next_request_id = 1
         self.acked_scl = {}                  # pg -> highest SCL this member acknowledged
         self.latency_s = 0.001               # EWMA of GetPage latency
         self.last_error = None
-        self.thread = threading.Thread(target=self._run, name="aurora-link-%s" % node_id, daemon=True)
-
-    def start(self):
-        self.thread.start()
+        self.retry_at = 0.0
+        self.retry_delay = RECONNECT_DELAY_S_MIN
 
     def client(self, timeout=READ_TIMEOUT_S):
         v = self.volume
@@ -135,117 +185,15 @@ class MemberLink:
                           volume_epoch=v.epoch if v else 0)
 
     def enqueue(self, frame_type, pg, body):
-        with self.cond:
-            self.queue.append((frame_type, pg, body))
-            self.cond.notify()
+        if not self.connected and frame_type in (p.FRAME_APPEND, p.FRAME_VOLUME_HINT):
+            # A down member gets its redo from the retained buffer when it is back (or from
+            # its peers by gossip); queueing it here would only grow without bound.
+            return
+        self.queue.append((frame_type, pg, body))
+        if self.pump is not None:
+            self.pump.wake_sender()
 
-    def stop(self):
-        with self.cond:
-            self.stopping = True
-            self.cond.notify()
-        sock = self.sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if self.thread.is_alive():
-            self.thread.join(timeout=5)
-
-    # sender side
-
-    def _run(self):
-        delay = RECONNECT_DELAY_S_MIN
-        while not self.stopping:
-            if not self.connected:
-                if not self._connect():
-                    with self.cond:
-                        self.cond.wait(delay)
-                    delay = min(delay * 2, RECONNECT_DELAY_S_MAX)
-                    continue
-                delay = RECONNECT_DELAY_S_MIN
-            with self.cond:
-                while not self.queue and not self.stopping and self.connected:
-                    self.cond.wait(0.5)
-                items = list(self.queue)
-                self.queue.clear()
-            if not items or not self.connected:
-                if items:
-                    with self.cond:
-                        self.queue.extendleft(reversed(items))
-                continue
-            if self.drop_traffic:
-                continue
-            frames = []
-            v = self.volume
-            for frame_type, pg, body in items:
-                request_id = self.next_request_id
-                self.next_request_id = (request_id + 1) & 0xFFFFFFFF or 1
-                self.inflight[request_id] = (frame_type, pg, body)
-                frames.append(p.encode_frame(frame_type, body, request_id, v.volume_id, v.epoch,
-                                             v.membership_epoch))
-            try:
-                self.sock.sendall(b"".join(frames))
-            except OSError as exc:
-                self._disconnected(exc)
-        self._close_socket()
-
-    def _connect(self):
-        family, sockaddr = parse_address(self.address)
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(2.0)
-            sock.connect(sockaddr)
-            sock.settimeout(None)
-            if family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as exc:
-            sock.close()
-            self.last_error = exc
-            return False
-        self.sock = sock
-        self.inflight = {}
-        self.connected = True
-        threading.Thread(target=self._receive, args=(sock,), name="aurora-recv-%s" % self.node_id,
-                         daemon=True).start()
-        # Whatever this member has not acknowledged goes again (duplicates are idempotent).
-        for frame_type, pg, body in self.volume._resend_for(self):
-            self.enqueue(frame_type, pg, body)
-        return True
-
-    def _disconnected(self, exc):
-        with self.cond:
-            if self.connected:
-                self.last_error = exc
-            self.connected = False
-            self.cond.notify()
-        self._close_socket()
-
-    def _close_socket(self):
-        sock, self.sock = self.sock, None
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
-
-    # receiver side
-
-    def _receive(self, sock):
-        reader = p.FrameReader()
-        try:
-            while True:
-                data = sock.recv(RECV_BYTES)
-                if not data:
-                    raise ConnectionError("node %s closed the connection" % self.node_id)
-                reader.feed(data)
-                for frame in reader.frames():
-                    self._on_frame(frame)
-        except (OSError, errors.AuroraError) as exc:
-            if sock is self.sock:
-                self._disconnected(exc)
-
-    def _on_frame(self, frame):
+    def on_frame(self, frame):
         request = self.inflight.pop(frame.request_id, None)
         if frame.type == p.FRAME_ACK:
             pg, _, scl, _ = p.ACK_BODY.unpack_from(frame.body)
@@ -268,6 +216,197 @@ class MemberLink:
             self.enqueue(frame_type, pg, body)
         else:
             log.warning("node %s refused %s: %s", self.node_id, p.FRAME_NAMES.get(frame_type), message)
+
+
+class LinkPump:
+    """Two threads serve every MemberLink of a volume: the sender writes each link's queued
+    frames with one sendall (APPENDs merged per PG: the boxcar leaves as soon as the sender is
+    free, with no added delay) and (re)connects links with backoff; the receiver waits on all
+    sockets at once and feeds replies to their links.  A (re)connected member is sent again
+    whatever redo it has not acknowledged."""
+
+    def __init__(self, volume, links):
+        self.volume = volume
+        self.links = list(links)
+        for link in self.links:
+            link.pump = self
+        self.cond = threading.Condition()
+        self.pending = False
+        self.stopping = False
+        self.selector = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, None)
+        self.registered = {}                 # link -> socket registered with the selector
+        self.sender = threading.Thread(target=self._send_loop, name="aurora-sender", daemon=True)
+        self.receiver = threading.Thread(target=self._receive_loop, name="aurora-receiver", daemon=True)
+
+    def start(self):
+        self.sender.start()
+        self.receiver.start()
+
+    def wake_sender(self):
+        with self.cond:
+            self.pending = True
+            self.cond.notify()
+
+    def stop(self):
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+        try:
+            self.wake_w.send(b"x")
+        except OSError:
+            pass
+        for thread in (self.sender, self.receiver):
+            if thread.is_alive():
+                thread.join(timeout=5)
+        for link in self.links:
+            self._close(link)
+        self.selector.close()
+        self.wake_r.close()
+        self.wake_w.close()
+
+    # sender
+
+    def _send_loop(self):
+        while True:
+            with self.cond:
+                while not self.pending and not self.stopping:
+                    self.cond.wait(self._next_retry_in())
+                    if self._retry_due():
+                        break
+                if self.stopping:
+                    return
+                self.pending = False
+            for link in self.links:
+                if not link.connected:
+                    if time.monotonic() >= link.retry_at:
+                        self._connect(link)
+                    if not link.connected:
+                        continue
+                if link.queue:
+                    self._send(link)
+
+    def _next_retry_in(self):
+        waits = [link.retry_at - time.monotonic() for link in self.links if not link.connected]
+        return max(0.0, min(waits)) if waits else 0.5
+
+    def _retry_due(self):
+        now = time.monotonic()
+        return any(not link.connected and now >= link.retry_at for link in self.links)
+
+    def _send(self, link):
+        items = []
+        while link.queue:
+            items.append(link.queue.popleft())
+        if link.drop_traffic:
+            return
+        v = self.volume
+        frames = []
+        for frame_type, pg, body in coalesce_appends(items):
+            request_id = link.next_request_id
+            link.next_request_id = (request_id + 1) & 0xFFFFFFFF or 1
+            link.inflight[request_id] = (frame_type, pg, body)
+            frames.append(p.encode_frame(frame_type, body, request_id, v.volume_id, v.epoch,
+                                         v.membership_epoch))
+        try:
+            link.sock.sendall(b"".join(frames))
+        except OSError as exc:
+            self._disconnected(link, exc)
+
+    def _connect(self, link):
+        family, sockaddr = parse_address(link.address)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(2.0)
+            sock.connect(sockaddr)
+            sock.settimeout(None)
+            if family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            sock.close()
+            link.last_error = exc
+            link.retry_at = time.monotonic() + link.retry_delay
+            link.retry_delay = min(link.retry_delay * 2, RECONNECT_DELAY_S_MAX)
+            return
+        link.retry_delay = RECONNECT_DELAY_S_MIN
+        link.sock = sock
+        link.reader = p.FrameReader()
+        link.inflight = {}
+        link.connected = True
+        with self.cond:
+            self.registered[link] = sock
+        self.wake_w.send(b"r")
+        # Whatever this member has not acknowledged goes again (duplicates are idempotent).
+        resend = self.volume._resend_for(link)
+        link.queue.extendleft(reversed(resend))
+
+    def _disconnected(self, link, exc):
+        if link.connected:
+            link.last_error = exc
+        link.connected = False
+        link.retry_at = time.monotonic() + link.retry_delay
+        self._close(link)
+        self.wake_sender()
+
+    def _close(self, link):
+        sock, link.sock = link.sock, None
+        with self.cond:
+            self.registered.pop(link, None)
+        if sock is not None:
+            try:
+                self.selector.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    # receiver
+
+    def _receive_loop(self):
+        watched = {}
+        while not self.stopping:
+            with self.cond:
+                wanted = dict(self.registered)
+            for link, sock in list(watched.items()):
+                if wanted.get(link) is not sock:
+                    try:
+                        self.selector.unregister(sock)
+                    except (KeyError, ValueError):
+                        pass
+                    del watched[link]
+            for link, sock in wanted.items():
+                if link not in watched:
+                    try:
+                        self.selector.register(sock, selectors.EVENT_READ, link)
+                        watched[link] = sock
+                    except (KeyError, ValueError, OSError):
+                        pass
+            try:
+                events = self.selector.select(0.5)
+            except (OSError, ValueError):
+                continue
+            for key, _ in events:
+                link = key.data
+                if link is None:
+                    try:
+                        self.wake_r.recv(4096)
+                    except OSError:
+                        pass
+                    continue
+                try:
+                    data = key.fileobj.recv(RECV_BYTES)
+                    if not data:
+                        raise ConnectionError("node %s closed the connection" % link.node_id)
+                    link.reader.feed(data)
+                    for frame in link.reader.frames():
+                        link.on_frame(frame)
+                except (OSError, errors.AuroraError) as exc:
+                    if link.sock is key.fileobj:
+                        self._disconnected(link, exc)
 
 
 # ---- buffer pool -------------------------------------------------------------------------------
@@ -341,8 +480,8 @@ class Volume:
         self._open(page_size, pages_per_pg or cluster.pages_per_pg or PAGES_PER_PG_DEFAULT, lal)
         self.recovery_seconds = time.monotonic() - started
         # The links start only now: recovery talks to the nodes on connections of its own.
-        for link in self.links.values():
-            link.start()
+        self.pump = LinkPump(self, self.links.values())
+        self.pump.start()
         self._hint_sent = 0
         self._ticker = threading.Thread(target=self._tick, name="aurora-writer-tick", daemon=True)
         self._ticker.start()
@@ -928,8 +1067,9 @@ class Volume:
             client.close()
 
     def _stop_links(self):
-        for link in self.links.values():
-            link.stop()
+        pump = getattr(self, "pump", None)
+        if pump is not None:
+            pump.stop()
 
     def __enter__(self):
         return self
