@@ -18,6 +18,7 @@ cdef extern from "status.h" nogil:
         AUR_E_IO
         AUR_E_CORRUPT
         AUR_E_ARGUMENT
+        AUR_E_TIMEOUT
 
 from aurora import errors as _errors
 
@@ -38,6 +39,7 @@ STATUS_TABLE = {
     AUR_E_IO: (_errors.NativeIOError, "I/O error"),
     AUR_E_CORRUPT: (_errors.CorruptionError, "corrupt data"),
     AUR_E_ARGUMENT: (ValueError, "invalid argument"),
+    AUR_E_TIMEOUT: (_errors.QuorumTimeoutError, "timed out"),
 }
 
 

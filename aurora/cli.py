@@ -65,12 +65,24 @@ def cmd_node_status(args):
     return 0
 
 
+def cmd_demo(args):
+    from aurora import demo
+
+    return demo.demo(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="aurora", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     info = sub.add_parser("info", help="print version, CRC backend, build flags and defaults")
     info.set_defaults(func=cmd_info)
+
+    demo_parser = sub.add_parser("demo", help="run the bookstore on an embedded 6-node fleet, "
+                                               "kill an AZ and the writer, and check every order")
+    from aurora.demo import add_arguments
+    add_arguments(demo_parser)
+    demo_parser.set_defaults(func=cmd_demo)
 
     node = sub.add_parser("node", help="run or inspect a storage node")
     node_sub = node.add_subparsers(dest="node_command", metavar="NODE_COMMAND")

@@ -18,7 +18,11 @@ class NodeClient:
         self.address = address
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
-        self.sock.connect(sockaddr)
+        try:
+            self.sock.connect(sockaddr)
+        except BaseException:
+            self.sock.close()
+            raise
         if family != socket.AF_UNIX:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = p.FrameReader()
@@ -75,10 +79,53 @@ class NodeClient:
 
     # ---- requests ----------------------------------------------------------------------
 
-    def create_segment(self, pg, page_size, pages_per_pg):
-        frame = self.request(p.FRAME_CREATE_SEGMENT, p.CREATE_SEGMENT_BODY.pack(pg, page_size, pages_per_pg),
-                             p.FRAME_OK)
+    def create_segment(self, pg, page_size, pages_per_pg, peers=()):
+        """Create (or confirm) a segment; ``peers`` are the PG's other members' addresses
+        (the node drops its own address if listed).  Returns the OK tuple
+        (volume_epoch, membership_epoch, SCL)."""
+        body = p.CREATE_SEGMENT_BODY.pack(pg, page_size, pages_per_pg) + p.encode_peers(peers)
+        frame = self.request(p.FRAME_CREATE_SEGMENT, body, p.FRAME_OK)
         return p.OK_BODY.unpack_from(frame.body)
+
+    def set_members(self, pg, peers):
+        """Replace the PG's peer list at this client's membership epoch (the node takes the
+        epoch if it is newer; an older one is refused).  Returns the OK tuple
+        (volume_epoch, membership_epoch, number of peers kept)."""
+        body = p.SET_MEMBERS_BODY.pack(pg) + p.encode_peers(peers)
+        frame = self.request(p.FRAME_SET_MEMBERS, body, p.FRAME_OK)
+        return p.OK_BODY.unpack_from(frame.body)
+
+    def list_records(self, pg, after_lsn, max_count=65536):
+        """Recovery listing: (scl, vdl_hint, last_at_or_below, entries) with entries a list of
+        (lsn, prev_lsn_pg, flags) of the records held with lsn > after_lsn, in LSN order, at
+        most ``max_count``; page on with after_lsn = the last entry's LSN."""
+        frame = self.request(p.FRAME_LIST_RECORDS, p.LIST_RECORDS_BODY.pack(pg, max_count, after_lsn),
+                             p.FRAME_RECORD_LIST)
+        _, count, scl, vdl_hint, last_at_or_below = p.RECORD_LIST_BODY.unpack_from(frame.body)
+        start = p.RECORD_LIST_BODY.size
+        if len(frame.body) != start + count * p.RECORD_LIST_ENTRY.size:
+            raise errors.LengthError("RECORD_LIST of %d entries in a %d-byte body" % (count, len(frame.body)))
+        entries = list(p.RECORD_LIST_ENTRY.iter_unpack(frame.body[start:]))
+        return scl, vdl_hint, last_at_or_below, entries
+
+    def volume_hint(self, vdl):
+        """Tell the node the volume's VDL (it keeps the highest); returns the hint it holds."""
+        frame = self.request(p.FRAME_VOLUME_HINT, p.VOLUME_HINT_BODY.pack(vdl), p.FRAME_OK)
+        return p.OK_BODY.unpack_from(frame.body)[2]
+
+    def meta_get(self, key):
+        """(version, value bytes) of a metadata key; (0, b"") when the node has none."""
+        frame = self.request(p.FRAME_META_GET, _meta_key(key), p.FRAME_META)
+        (version,) = p.META_BODY.unpack_from(frame.body)
+        return version, bytes(frame.body[p.META_BODY.size:])
+
+    def meta_put(self, key, version, value):
+        """Store ``value`` under ``key`` at ``version`` if that is above the stored version
+        (durably before the reply); returns the version the node now holds."""
+        key = _meta_key(key)
+        frame = self.request(p.FRAME_META_PUT, [p.META_PUT_BODY.pack(version, len(key)), key, bytes(value)],
+                             p.FRAME_OK)
+        return p.OK_BODY.unpack_from(frame.body)[2]
 
     def append(self, batch):
         """Send one batch; returns (pg, scl, last_lsn) from the ACK (after the node synced)."""
@@ -145,3 +192,7 @@ class NodeClient:
     def set_lwm(self, pg, lwm):
         frame = self.request(p.FRAME_SET_LWM, p.SET_LWM_BODY.pack(pg, 0, lwm), p.FRAME_OK)
         return p.OK_BODY.unpack_from(frame.body)[2]
+
+
+def _meta_key(key):
+    return key.encode("utf-8") if isinstance(key, str) else bytes(key)

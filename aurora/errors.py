@@ -101,3 +101,10 @@ class NativeIOError(AuroraError, OSError):
 
 class NativeMemoryError(AuroraError, MemoryError):
     """Native code could not allocate memory."""
+
+
+# ---- the quorum tracker ------------------------------------------------------------------
+
+class QuorumTimeoutError(AuroraError, TimeoutError):
+    """VDL did not reach the awaited LSN (or LAL head-room did not open) before the timeout.
+    The write may still become durable later; nothing is lost by waiting again."""

@@ -45,6 +45,13 @@ FRAME_RECORDS = 12         # body: RECORDS_BODY + back-to-back records
 FRAME_ERROR = 13           # body: ERROR_BODY + UTF-8 message
 FRAME_CREATE_SEGMENT = 14  # body: CREATE_SEGMENT_BODY                  -> OK
 FRAME_SET_LWM = 15         # body: SET_LWM_BODY (PGMRPL)                -> OK
+FRAME_LIST_RECORDS = 16    # body: LIST_RECORDS_BODY                    -> RECORD_LIST
+FRAME_RECORD_LIST = 17     # body: RECORD_LIST_BODY + count x RECORD_LIST_ENTRY
+FRAME_VOLUME_HINT = 18     # body: VOLUME_HINT_BODY (the writer's VDL)  -> OK
+FRAME_META_GET = 19        # body: UTF-8 key                            -> META
+FRAME_META = 20            # body: META_BODY + value bytes
+FRAME_META_PUT = 21        # body: META_PUT_BODY + key + value          -> OK (value = version stored)
+FRAME_SET_MEMBERS = 22     # body: SET_MEMBERS_BODY + peer list         -> OK
 
 FRAME_NAMES = {v: k[len("FRAME_"):] for k, v in globals().items()
                if k.startswith("FRAME_") and isinstance(v, int) and k not in
@@ -62,6 +69,24 @@ RECORDS_BODY = struct.Struct("<IIQ")           # pg, record_count, scl of the se
 ERROR_BODY = struct.Struct("<HH")              # code, reserved
 CREATE_SEGMENT_BODY = struct.Struct("<IIQ")    # pg, page_size, pages_per_pg
 SET_LWM_BODY = struct.Struct("<IIQ")           # pg, reserved, lwm (PGMRPL)
+LIST_RECORDS_BODY = struct.Struct("<IIQ")      # pg, max_count, after_lsn
+RECORD_LIST_BODY = struct.Struct("<IIQQQ")     # pg, count, scl, vdl_hint, last_at_or_below
+RECORD_LIST_ENTRY = struct.Struct("<QQB7x")    # lsn, prev_lsn_pg, flags, pad
+VOLUME_HINT_BODY = struct.Struct("<Q")         # vdl
+META_BODY = struct.Struct("<Q")                # version (0 with an empty value: absent)
+META_PUT_BODY = struct.Struct("<QH")           # version, key_length; then key, then value
+SET_MEMBERS_BODY = struct.Struct("<I")         # pg; then a peer list
+PEER_COUNT = struct.Struct("<I")               # a peer list: count, then per peer
+PEER_LENGTH = struct.Struct("<H")              #   length + UTF-8 address
+assert RECORD_LIST_ENTRY.size == 24
+
+# Limits of the variable-size bodies.  A PG has 6 members, a membership change briefly 11
+# (the old and the new set); the rest is room for tests and tools.
+PEERS_MAX = 32
+PEER_ADDRESS_BYTES_MAX = 1024
+LIST_RECORDS_COUNT_MAX = 65536
+META_KEY_BYTES_MAX = 256
+META_VALUE_BYTES_MAX = 1024 * 1024
 
 # Error codes carried by ERROR frames, each mapped to the exception the client raises.
 ERROR_MALFORMED = 1        # the frame failed validation; the connection is closed
@@ -215,6 +240,55 @@ def raise_error_frame(frame):
     code, _ = ERROR_BODY.unpack_from(frame.body)
     message = bytes(frame.body[ERROR_BODY.size:]).decode("utf-8", "replace")
     raise ERROR_CLASSES.get(code, RemoteError)(message)
+
+
+def encode_peers(peers):
+    """A peer list: peer_count:u32, then per peer length:u16 + UTF-8 address."""
+    peers = list(peers)
+    if len(peers) > PEERS_MAX:
+        raise ValueError("%d peers, at most %d" % (len(peers), PEERS_MAX))
+    out = [PEER_COUNT.pack(len(peers))]
+    for address in peers:
+        data = address.encode("utf-8")
+        if not data or len(data) > PEER_ADDRESS_BYTES_MAX:
+            raise ValueError("peer address %r: 1 to %d bytes of UTF-8" % (address, PEER_ADDRESS_BYTES_MAX))
+        out.append(PEER_LENGTH.pack(len(data)))
+        out.append(data)
+    return b"".join(out)
+
+
+def decode_peers(body, offset):
+    """(list of addresses, offset after the list) from a peer list at ``offset`` of ``body``.
+
+    Every count and length is checked against the body and the limits before use: a list
+    that runs past the body is a LengthError (malformed frame), an impossible count or
+    address a BadRequestError."""
+    if len(body) < offset + PEER_COUNT.size:
+        raise errors.LengthError("peer list needs %d bytes at offset %d, body has %d"
+                                 % (PEER_COUNT.size, offset, len(body)), offset)
+    (count,) = PEER_COUNT.unpack_from(body, offset)
+    if count > PEERS_MAX:
+        raise BadRequestError("%d peers in one PG, at most %d" % (count, PEERS_MAX))
+    offset += PEER_COUNT.size
+    peers = []
+    for _ in range(count):
+        if len(body) < offset + PEER_LENGTH.size:
+            raise errors.LengthError("peer list truncated at offset %d" % offset, offset)
+        (length,) = PEER_LENGTH.unpack_from(body, offset)
+        offset += PEER_LENGTH.size
+        if length == 0 or length > PEER_ADDRESS_BYTES_MAX:
+            raise BadRequestError("peer address of %d bytes; 1 to %d allowed" % (length, PEER_ADDRESS_BYTES_MAX))
+        if len(body) < offset + length:
+            raise errors.LengthError("peer address runs past the body at offset %d" % offset, offset)
+        try:
+            address = bytes(body[offset:offset + length]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequestError("peer address at offset %d is not UTF-8" % offset) from None
+        if not (address.startswith("unix:") or address.startswith("tcp:")):
+            raise BadRequestError("peer address %r: expected unix:PATH or tcp:HOST:PORT" % address)
+        peers.append(address)
+        offset += length
+    return peers, offset
 
 
 def status_body(status):

@@ -18,6 +18,8 @@ Invariants (DESIGN.md section 2) and where they are kept:
      new epoch before the first write;
   7. the buffer pool never evicts a page whose LSN is above VDL (BufferPool.evict).
 """
+import array
+import bisect
 import collections
 import json
 import logging
@@ -53,6 +55,8 @@ RETAINED_BYTES_MAX = 64 * 1024 * 1024      # redo kept for resending to members 
 LIST_PAGE_RECORDS = 65536
 RECOVERY_ROUNDS_MAX = 10_000              # bound on LIST_RECORDS paging per member
 META_KEY_PREFIX = "volume/"
+PG_RANGES_MAX = 1 << 22
+READERS_PRUNE_EVERY = 32                  # look for connections of finished threads this often                   # batch LSN ranges remembered per PG for read points
 RECV_BYTES = 1 << 20
 
 
@@ -320,7 +324,8 @@ class Volume:
         self.hedge_delay = hedge_delay
         self._lock = threading.RLock()        # the log: LSN allocation and MTR hand-off
         self._mtrs = threading.local()
-        self._readers = threading.local()
+        self._readers = {}                    # (thread id, node id) -> NodeClient
+        self._readers_lock = threading.Lock()
         self._closed = False
         self._fenced = None
         self.volume_id = 0
@@ -379,6 +384,12 @@ class Volume:
         self.tracker = _native.QuorumTracker(MEMBERS_PER_PG, WRITE_QUORUM, vdl)
         self.next_lsn = next_lsn
         self.prev_lsn_pg = dict(prev_lsn_pg)
+        # A PG's own records are the only ones its members hold, so a segment's SCL stops at
+        # the PG's last record even when VDL is far above it.  To read at a volume read point
+        # R, ask for the PG's last LSN <= R: each batch's LSNs are one contiguous run, kept
+        # here as (first, last) ranges; recovery leaves the PG's last LSN <= VDL as floor.
+        self.pg_floor = dict(prev_lsn_pg)
+        self.pg_ranges = {}
         self.retained = {pg: collections.deque() for pg in self.members}
         self.retained_bytes = 0
         self.highest_cpl = vdl
@@ -470,7 +481,10 @@ class Volume:
                     continue
             if len(done) < WRITE_QUORUM:
                 raise self._quorum_lost(pg, [n for n in ids if n not in done], WRITE_QUORUM, "recovery")
-        self._start(vdl=vdl, next_lsn=through + 1, prev_lsn_pg=prev_lsn_pg)
+        # Every LSN up to `through` is now durable or void, so the new writer starts there:
+        # its VDL begins at `through` (LAL back-pressure counts from it) and its first record
+        # is through + 1.
+        self._start(vdl=through, next_lsn=through + 1, prev_lsn_pg=prev_lsn_pg)
         self.recovery = {"created": False, "base": base, "vcl": vcl, "vdl": vdl,
                          "records_listed": len(present), "truncated": [vdl, through], "epoch": self.epoch}
 
@@ -648,12 +662,32 @@ class Volume:
                                              lsns, prev_pg, prev_page, pages, types, flags, payloads)
                 self.tracker.sent(pg, np.array(lsns, dtype=np.uint64),
                                   np.array([f & _native.FLAG_CPL for f in flags], dtype=np.uint8))
+                self._remember_range(pg, lsns[0], lsns[-1])
                 self._ship(pg, lsns[0], lsns[-1], batch)
             self.next_lsn = lsn
             self.highest_cpl = cpl
             self.stats["mtrs"] += 1
             self.stats["records"] += count
             return cpl
+
+    def _remember_range(self, pg, first, last):
+        firsts, lasts = self.pg_ranges.setdefault(pg, (array.array("Q"), array.array("Q")))
+        if len(firsts) >= PG_RANGES_MAX:
+            keep = PG_RANGES_MAX // 2
+            self.pg_floor[pg] = lasts[-keep - 1]
+            del firsts[:-keep], lasts[:-keep]
+        firsts.append(first)
+        lasts.append(last)
+
+    def _pg_read_point(self, pg, read_lsn):
+        """The PG's last LSN at or below the volume read point ``read_lsn``."""
+        ranges = self.pg_ranges.get(pg)
+        if ranges is not None:
+            index = bisect.bisect_right(ranges[0], read_lsn) - 1
+            if index >= 0:
+                return min(ranges[1][index], read_lsn)
+        floor = self.pg_floor.get(pg, 0)
+        return floor if floor <= read_lsn else read_lsn
 
     def _ship(self, pg, first, last, batch):
         with self._retained_lock:
@@ -684,7 +718,9 @@ class Volume:
         ids = self.members.get(pg)
         if ids is None or link.node_id not in ids:
             return
-        self.tracker.ack(pg, ids.index(link.node_id), scl)
+        # An SCL above everything registered says nothing more (it can only come from a
+        # member that has not truncated yet); the tracker refuses it, so clamp.
+        self.tracker.ack(pg, ids.index(link.node_id), min(scl, self.tracker.highest_lsn))
         self._trim(pg)
 
     def _trim(self, pg):
@@ -741,7 +777,14 @@ class Volume:
         self._check_open()
         if lsn is None:
             with self._lock:
-                return self._page_for_write(page_no)[0]
+                image = self._page_for_write(page_no)[0]
+            staged = (getattr(self._mtrs, "changes", None) or {}).get(page_no)
+            if staged:      # this thread sees its own uncommitted writes
+                image = bytearray(image)
+                for offset, data in staged:
+                    image[offset:offset + len(data)] = data
+                image = bytes(image)
+            return image
         if lsn > self.tracker.vdl:
             raise ValueError("read point %d is above VDL %d" % (lsn, self.tracker.vdl))
         return self._get_page(page_no, lsn)[0]
@@ -760,6 +803,7 @@ class Volume:
         ids = self.members.get(pg)
         if ids is None:
             return bytes(self.page_size), 0      # a PG never written: all zero pages
+        read_lsn = self._pg_read_point(pg, read_lsn)
         scls = self.tracker.member_scls(pg)
         candidates = [n for i, n in enumerate(ids) if scls[i] >= read_lsn and self.links[n].connected]
         if not candidates:
@@ -770,17 +814,25 @@ class Volume:
         return self._hedged_read(pg, page_no, read_lsn, candidates)
 
     def _reader(self, node_id):
-        clients = getattr(self._readers, "clients", None)
-        if clients is None:
-            clients = self._readers.clients = {}
-        client = clients.get(node_id)
+        """This thread's GetPage connection to ``node_id``.  Connections are kept per thread
+        (a request and its reply must not interleave with another thread's) in one table the
+        volume owns, so they are closed with it and with the threads that made them."""
+        key = (threading.get_ident(), node_id)
+        with self._readers_lock:
+            client = self._readers.get(key)
         if client is None:
             client = self.links[node_id].client()
-            clients[node_id] = client
+            with self._readers_lock:
+                self._readers[key] = client
+                if len(self._readers) % READERS_PRUNE_EVERY == 0:
+                    alive = {t.ident for t in threading.enumerate()}
+                    for k in [k for k in self._readers if k[0] not in alive]:
+                        self._readers.pop(k).close()
         return client
 
     def _drop_reader(self, node_id):
-        client = getattr(self._readers, "clients", {}).pop(node_id, None)
+        with self._readers_lock:
+            client = self._readers.pop((threading.get_ident(), node_id), None)
         if client is not None:
             client.close()
 
@@ -870,7 +922,9 @@ class Volume:
                 pass
         self._closed = True
         self._stop_links()
-        for client in getattr(self._readers, "clients", {}).values():
+        with self._readers_lock:
+            readers, self._readers = list(self._readers.values()), {}
+        for client in readers:
             client.close()
 
     def _stop_links(self):

@@ -23,6 +23,7 @@ enum aur_status {
     AUR_E_IO = -13,         /* a system call failed; errno holds the reason */
     AUR_E_CORRUPT = -14,    /* stored data failed validation in the middle of a file */
     AUR_E_ARGUMENT = -15,   /* a caller passed an impossible argument */
+    AUR_E_TIMEOUT = -16,    /* a wait ended at its deadline before its condition held */
 };
 
 #endif /* AURORA_STATUS_H */

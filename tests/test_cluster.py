@@ -188,6 +188,7 @@ def test_writer_sigkill_recovery_keeps_every_acknowledged_commit(cluster, tmp_pa
     for line in proc.stdout:     # commits printed before the kill landed were acknowledged too
         if line.strip():
             acked.append(tuple(int(x) for x in line.split()))
+    proc.stdout.close()
     started = time.monotonic()
     volume = cluster.open_volume("w", PAGE_SIZE)
     elapsed = time.monotonic() - started
@@ -210,8 +211,10 @@ def test_second_writer_fences_the_first(cluster):
     first.commit()
     second = cluster.open_volume("f", PAGE_SIZE)
     assert second.epoch == first.epoch + 1
-    first.write(1, page_bytes("f", 1))
+    # The first writer learns of the new epoch from the first node that refuses it (an
+    # APPEND, or its periodic VDL hint): from then on it cannot write.
     with pytest.raises(errors.WriterFenced, match="fenced by a newer writer"):
+        first.write(1, page_bytes("f", 1))
         first.commit()
     assert second.read(1) == page_bytes("f", 0)
     second.write(1, page_bytes("f", 2))

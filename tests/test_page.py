@@ -171,11 +171,13 @@ def test_set_kernel_rejects_unknown_names():
 
 
 @pytest.mark.parametrize("value, expected", [("portable", "portable"), ("bogus", None)])
-def test_aurora_simd_environment_variable_forces_a_kernel(value, expected):
-    env = dict(os.environ, AURORA_SIMD=value)
+def test_aurora_simd_environment_variable_forces_a_kernel(value, expected, tmp_path):
+    # cwd outside the source tree, aurora imported from where this process found it.
+    from aurora.node.process import _package_root
+    env = dict(os.environ, AURORA_SIMD=value, PYTHONPATH=_package_root())
     out = subprocess.run([sys.executable, "-c", "from aurora import _native; "
                           "print(_native.page_kernel())"], env=env, check=True,
-                         capture_output=True, text=True).stdout.strip()
+                         capture_output=True, text=True, cwd=tmp_path).stdout.strip()
     assert out == (expected or KERNELS[0])
 
 

@@ -8,15 +8,20 @@ may: a node persists a record before it acknowledges it, DESIGN.md invariant 3).
 """
 import os
 import struct
+import threading
+import time
 
 from aurora import errors, protocol as p
 from aurora import _native
 from aurora.node.files import read_json, write_json_durably
+from aurora.node.gossip import accept_gossip_records
+from aurora.node.meta import MetaStore
 from aurora.node.segment import LOG_FILE_BYTES_DEFAULT, ReadPointRefused, Segment
 
 TRUNCATION_ENTRY = struct.Struct("<IIQQ")   # pg, reserved, after_lsn, through_lsn
 SET_EPOCH_TRUNCATIONS_MAX = 65536
 FETCH_MAX_BYTES_CAP = 16 * 1024 * 1024
+GOSSIP_HOLES_PER_ROUND = 16    # hole ranges and damaged records one gossip round goes after
 
 
 class Reply:
@@ -31,26 +36,42 @@ class Reply:
 
 
 class Volume:
-    """What a node knows of one volume: its epoch, kept durably in volume.json."""
+    """What a node knows of one volume: its epoch and the writer's latest VDL hint, kept
+    durably in volume.json.
 
-    def __init__(self, directory, volume_id, epoch):
+    The file is written from two threads (epoch changes on the loop, the VDL hint from the
+    gossip thread outside the node lock), so every write takes ``save_lock`` and writes the
+    fields as they are at that moment: the last write always carries the newest epoch."""
+
+    def __init__(self, directory, volume_id, epoch, vdl_hint=0):
         self.directory = directory
         self.volume_id = volume_id
         self.epoch = epoch
+        self.vdl_hint = vdl_hint
+        self.vdl_hint_saved = vdl_hint
         self.segments = {}
+        self.save_lock = threading.Lock()
 
     def save(self):
-        write_json_durably(os.path.join(self.directory, "volume.json"),
-                           {"volume_id": self.volume_id, "volume_epoch": self.epoch})
+        with self.save_lock:
+            hint = self.vdl_hint
+            write_json_durably(os.path.join(self.directory, "volume.json"),
+                               {"volume_id": self.volume_id, "volume_epoch": self.epoch,
+                                "vdl_hint": hint})
+            self.vdl_hint_saved = hint
 
 
 class NodeCore:
-    def __init__(self, data_dir, node_id, az, log_file_bytes=LOG_FILE_BYTES_DEFAULT):
+    def __init__(self, data_dir, node_id, az, log_file_bytes=LOG_FILE_BYTES_DEFAULT, self_address=None):
         self.data_dir = data_dir
         self.node_id = node_id
         self.az = az
         self.log_file_bytes = log_file_bytes
+        self.self_address = self_address
         self.volumes = {}
+        self.meta = MetaStore(os.path.join(data_dir, "meta"))
+        self.gossip_stats = {"records_accepted": 0, "records_rejected_epoch": 0,
+                             "records_rejected_bad": 0}
         os.makedirs(os.path.join(data_dir, "volumes"), mode=0o700, exist_ok=True)
         identity_path = os.path.join(data_dir, "node.json")
         identity = read_json(identity_path)
@@ -73,7 +94,8 @@ class NodeCore:
             meta = read_json(os.path.join(root, name, "volume.json"))
             if meta is None:
                 continue
-            volume = Volume(os.path.join(root, name), meta["volume_id"], meta["volume_epoch"])
+            volume = Volume(os.path.join(root, name), meta["volume_id"], meta["volume_epoch"],
+                            meta.get("vdl_hint", 0))
             self.volumes[volume.volume_id] = volume
             for entry in sorted(os.listdir(volume.directory)):
                 if not entry.startswith("pg-"):
@@ -92,8 +114,39 @@ class NodeCore:
                 yield segment
 
     def close(self):
+        self.persist_vdl_hints()
         for segment in self.segments():
             segment.close()
+
+    def persist_vdl_hints(self):
+        """Write every volume's VDL hint that changed since it was last saved.  Called from
+        the background side (never the ack path) and on clean shutdown; needs no node lock."""
+        saved = 0
+        for volume in list(self.volumes.values()):
+            if volume.vdl_hint != volume.vdl_hint_saved:
+                volume.save()
+                saved += 1
+        return saved
+
+    def _own_address(self, address):
+        if self.self_address is None:
+            return False
+        if address == self.self_address:
+            return True
+        if address.startswith("unix:") and self.self_address.startswith("unix:"):
+            return os.path.abspath(address[5:]) == os.path.abspath(self.self_address[5:])
+        return False
+
+    def _peers(self, body, offset):
+        """The peer list at ``offset`` of a request body, without this node's own address."""
+        peers, end = p.decode_peers(body, offset)
+        if end != len(body):
+            raise errors.LengthError("%d bytes after the peer list" % (len(body) - end), end)
+        out = []
+        for address in peers:
+            if not self._own_address(address) and address not in out:
+                out.append(address)
+        return out
 
     # ---- dispatch ----------------------------------------------------------------------
 
@@ -178,21 +231,27 @@ class NodeCore:
         segment = self._segment(volume, pg)
         page, page_lsn = segment.get_page(page_no, read_lsn)
         body = p.PAGE_BODY.pack(page_no, segment.page_size, page_lsn, read_lsn) + page
-        return self._reply(frame, p.FRAME_PAGE, body, volume)
+        return self._reply(frame, p.FRAME_PAGE, body, volume, membership_epoch=segment.membership_epoch)
 
     def _status(self, frame):
         status = {
             "node_id": self.node_id,
             "az": self.az,
             "pid": os.getpid(),
-            "volumes": {str(v.volume_id): {"volume_epoch": v.epoch} for v in self.volumes.values()},
+            "volumes": {str(v.volume_id): {"volume_epoch": v.epoch, "vdl_hint": v.vdl_hint}
+                        for v in self.volumes.values()},
             "segments": [s.status() for s in self.segments()],
+            "gossip": dict(self.gossip_stats),
         }
         return self._reply(frame, p.FRAME_STATUS_REPLY, p.status_body(status),
                            self.volumes.get(frame.volume_id))
 
     def _create_segment(self, frame):
         pg, page_size, pages_per_pg = p.CREATE_SEGMENT_BODY.unpack_from(frame.body)
+        # The peer list is optional on the wire (a bare 16-byte body means no peers).
+        peers = None
+        if len(frame.body) > p.CREATE_SEGMENT_BODY.size:
+            peers = self._peers(frame.body, p.CREATE_SEGMENT_BODY.size)
         if page_size < _native.PAGE_SIZE_MIN or page_size > _native.PAGE_SIZE_MAX or page_size & (page_size - 1):
             raise p.BadRequestError("page size %d is not a power of two in [%d, %d]"
                                     % (page_size, _native.PAGE_SIZE_MIN, _native.PAGE_SIZE_MAX))
@@ -211,11 +270,14 @@ class NodeCore:
         if segment is None:
             segment = Segment(os.path.join(volume.directory, "pg-%d" % pg), frame.volume_id, pg,
                               page_size, pages_per_pg, self.log_file_bytes)
-            segment.set_membership_epoch(frame.membership_epoch)
+            segment.set_members(peers or [], frame.membership_epoch)
             volume.segments[pg] = segment
         elif segment.page_size != page_size or segment.pages_per_pg != pages_per_pg:
             raise p.BadRequestError("segment %d/%d exists with %d-byte pages and %d pages per PG"
                                     % (frame.volume_id, pg, segment.page_size, segment.pages_per_pg))
+        elif peers is not None and frame.membership_epoch >= segment.membership_epoch:
+            # A repeated CREATE_SEGMENT (a writer retrying) may bring the peer list.
+            segment.set_members(peers, segment.membership_epoch)
         return self._reply(frame, p.FRAME_OK, p.OK_BODY.pack(volume.epoch, segment.membership_epoch, segment.scl),
                            volume, membership_epoch=segment.membership_epoch)
 
@@ -282,6 +344,64 @@ class NodeCore:
         value = segment.set_lwm(lwm)
         return self._reply(frame, p.FRAME_OK, p.OK_BODY.pack(volume.epoch, segment.membership_epoch, value), volume)
 
+    def _set_members(self, frame):
+        (pg,) = p.SET_MEMBERS_BODY.unpack_from(frame.body)
+        peers = self._peers(frame.body, p.SET_MEMBERS_BODY.size)
+        volume = self._volume(frame.volume_id)
+        self._check_epoch(volume, frame.volume_epoch, "SET_MEMBERS")
+        segment = self._segment(volume, pg)
+        if frame.membership_epoch < segment.membership_epoch:
+            raise p.StaleEpochError("SET_MEMBERS with membership epoch %d refused: PG %d is at %d"
+                                    % (frame.membership_epoch, pg, segment.membership_epoch))
+        segment.set_members(peers, frame.membership_epoch)
+        return self._reply(frame, p.FRAME_OK, p.OK_BODY.pack(volume.epoch, segment.membership_epoch, len(peers)),
+                           volume, membership_epoch=segment.membership_epoch)
+
+    def _list_records(self, frame):
+        # Read-only and served at any epoch: writer recovery lists records before the new
+        # epoch exists.  The reply header carries the node's epochs.
+        pg, max_count, after_lsn = p.LIST_RECORDS_BODY.unpack_from(frame.body)
+        volume = self._volume(frame.volume_id)
+        segment = self._segment(volume, pg)
+        count = min(max_count, p.LIST_RECORDS_COUNT_MAX)
+        entries, last_at_or_below = segment.list_records(after_lsn, count)
+        body = [p.RECORD_LIST_BODY.pack(pg, len(entries), segment.scl, volume.vdl_hint, last_at_or_below)]
+        body.extend(p.RECORD_LIST_ENTRY.pack(lsn, prev, flags) for lsn, prev, flags in entries)
+        # Held until the next log sync: the SCL it reports may include records gossip appended
+        # and recovery must only count what survives a crash.
+        return self._reply(frame, p.FRAME_RECORD_LIST, body, volume, after_sync=True,
+                           membership_epoch=segment.membership_epoch)
+
+    def _volume_hint(self, frame):
+        (vdl,) = p.VOLUME_HINT_BODY.unpack_from(frame.body)
+        volume = self._volume(frame.volume_id)
+        self._check_epoch(volume, frame.volume_epoch, "VOLUME_HINT")
+        if vdl > volume.vdl_hint:
+            volume.vdl_hint = vdl    # persisted by the background side (persist_vdl_hints)
+        return self._reply(frame, p.FRAME_OK, p.OK_BODY.pack(volume.epoch, 0, volume.vdl_hint), volume)
+
+    def _meta_get(self, frame):
+        key = bytes(frame.body)
+        if not 1 <= len(key) <= p.META_KEY_BYTES_MAX:
+            raise p.BadRequestError("metadata key of %d bytes; 1 to %d allowed" % (len(key), p.META_KEY_BYTES_MAX))
+        version, value = self.meta.get(key)
+        return self._reply(frame, p.FRAME_META, [p.META_BODY.pack(version), value],
+                           self.volumes.get(frame.volume_id))
+
+    def _meta_put(self, frame):
+        body = frame.body
+        version, key_length = p.META_PUT_BODY.unpack_from(body)
+        start = p.META_PUT_BODY.size
+        if not 1 <= key_length <= p.META_KEY_BYTES_MAX or start + key_length > len(body):
+            raise p.BadRequestError("metadata key of %d bytes in a %d-byte body; keys are 1 to %d bytes"
+                                    % (key_length, len(body), p.META_KEY_BYTES_MAX))
+        value = bytes(body[start + key_length:])
+        if len(value) > p.META_VALUE_BYTES_MAX:
+            raise p.BadRequestError("metadata value of %d bytes; at most %d" % (len(value), p.META_VALUE_BYTES_MAX))
+        stored = self.meta.put(bytes(body[start:start + key_length]), version, value)
+        volume = self.volumes.get(frame.volume_id)
+        return self._reply(frame, p.FRAME_OK, p.OK_BODY.pack(volume.epoch if volume else 0, 0, stored), volume)
+
     _handlers = {
         p.FRAME_APPEND: _append,
         p.FRAME_GET_PAGE: _get_page,
@@ -292,6 +412,11 @@ class NodeCore:
         p.FRAME_GOSSIP_SCL: _gossip_scl,
         p.FRAME_FETCH: _fetch,
         p.FRAME_SET_LWM: _set_lwm,
+        p.FRAME_SET_MEMBERS: _set_members,
+        p.FRAME_LIST_RECORDS: _list_records,
+        p.FRAME_VOLUME_HINT: _volume_hint,
+        p.FRAME_META_GET: _meta_get,
+        p.FRAME_META_PUT: _meta_put,
     }
 
     # ---- background work ---------------------------------------------------------------
@@ -307,6 +432,69 @@ class NodeCore:
                 dropped, deleted = segment.gc_step()
                 work += dropped + deleted
         return work
+
+    # ---- gossip and repair (driven by aurora/node/gossip.py, under the node's lock) --------
+
+    def gossip_targets(self):
+        """A snapshot of what the gossip thread needs per segment that has peers: plain data,
+        so no network I/O ever happens while the lock is held."""
+        targets = []
+        for volume in self.volumes.values():
+            for segment in volume.segments.values():
+                if not segment.peers:
+                    continue
+                holes = segment.holes()[:GOSSIP_HOLES_PER_ROUND] if segment.max_lsn > segment.scl else []
+                targets.append({
+                    "volume_id": volume.volume_id, "pg": segment.pg, "volume_epoch": volume.epoch,
+                    "membership_epoch": segment.membership_epoch, "scl": segment.scl,
+                    "max_lsn": segment.max_lsn, "lwm": segment.lwm, "holes": holes,
+                    "peers": list(segment.peers),
+                    "needs_repair": segment.state["needs_repair"],
+                    "damaged_lsns": sorted(segment.damaged_lsns)[:GOSSIP_HOLES_PER_ROUND],
+                    "corrupt_versions": segment.corrupt_versions(),
+                })
+        return targets
+
+    def _gossip_segment(self, volume_id, pg):
+        volume = self.volumes.get(volume_id)
+        return volume, (volume.segments.get(pg) if volume is not None else None)
+
+    def apply_gossip(self, volume_id, pg, reply_volume_epoch, reply_membership_epoch, buf, recs):
+        """Append records a peer sent in a RECORDS reply (already scanned and CRC-checked into
+        ``recs`` over ``buf``).  The epochs are checked here, against the node's epochs *now*
+        (they may have moved while the fetch was on the wire).  Returns records appended (or
+        replaced, for damaged copies), or None if the reply was refused."""
+        volume, segment = self._gossip_segment(volume_id, pg)
+        if segment is None:
+            return None
+        if not accept_gossip_records(volume.epoch, segment.membership_epoch,
+                                     reply_volume_epoch, reply_membership_epoch):
+            self.gossip_stats["records_rejected_epoch"] += len(recs)
+            return None
+        segment.check_batch(recs)
+        replaced = segment.replace_records(buf, recs) if segment.damaged_lsns else 0
+        added = segment.append(buf, recs)
+        self.gossip_stats["records_accepted"] += added + replaced
+        if segment.state["needs_repair"]:
+            segment.repair["records_fetched"] += added + replaced
+        return added + replaced
+
+    def rebuild_version(self, volume_id, pg, slot, page_no, lsn):
+        _, segment = self._gossip_segment(volume_id, pg)
+        return segment is not None and segment.rebuild_version(slot, page_no, lsn)
+
+    def install_version(self, volume_id, pg, reply_volume_epoch, reply_membership_epoch, slot, page_no, lsn,
+                        page):
+        """Install a page image a peer sent (PAGE reply) in place of damaged version ``slot``."""
+        volume, segment = self._gossip_segment(volume_id, pg)
+        if segment is None or not accept_gossip_records(volume.epoch, segment.membership_epoch,
+                                                        reply_volume_epoch, reply_membership_epoch):
+            return False
+        return segment.install_version(slot, page_no, lsn, page)
+
+    def complete_repair(self, volume_id, pg, peer_scl_max):
+        _, segment = self._gossip_segment(volume_id, pg)
+        return segment is not None and segment.complete_repair(peer_scl_max, time.time())
 
     def dirty_fds(self):
         fds = []

@@ -37,6 +37,7 @@ SCAN_RECORDS_PER_CALL = 65536
 # How far past a torn tail the restart clears old bytes, so that a later append followed by a
 # crash can never be mistaken for damage in the middle of the log.
 TORN_TAIL_CLEAR_CHUNK = 64 * 1024
+CORRUPTION_REPORTS_MAX = 256   # the newest damage reports kept for status
 PAGE_TYPES = frozenset((_native.REC_DELTA, _native.REC_IMAGE, _native.REC_ZERO))
 
 # Index entry fields (a tuple per record, kept small and flat).
@@ -156,11 +157,16 @@ class Segment:
         self._dirty_pages = set()
         self._pass = None         # materialization pass: (target LSN, pages left)
         self._restoring = []      # (lsn, prev_lsn_pg) columns gathered by a restart scan
+        self.sorted_lsns = []     # every held LSN, ascending: LIST_RECORDS, FETCH and holes bisect it
+        self.damage = []          # [file name, offset] of log damage found by the restart scan
+        self.damaged_lsns = set() # indexed records whose bytes failed a CRC since (scrub or read)
+        self.repair = {"records_fetched": 0, "records_replaced": 0, "pages_rebuilt": 0,
+                       "pages_fetched": 0, "slots_freed": 0, "repairs_completed": 0}
         state = read_json(self._state_path())
         if state is None:
             state = {"page_size": page_size, "pages_per_pg": pages_per_pg, "membership_epoch": 0,
                      "truncations": [], "lwm": 0, "materialized_lsn": 0, "gc_lsn": 0,
-                     "needs_repair": False}
+                     "needs_repair": False, "peers": [], "repaired_damage": [], "repair_history": []}
             os.makedirs(directory, mode=0o700, exist_ok=True)
             write_json_durably(self._state_path(), state)
         elif state["page_size"] != page_size or state["pages_per_pg"] != pages_per_pg:
@@ -168,6 +174,10 @@ class Segment:
                                          "from the request (%d, %d)" % (state["page_size"], state["pages_per_pg"],
                                                                         page_size, pages_per_pg),
                                          self._state_path())
+        # Files written before peers and repair existed lack these keys.
+        state.setdefault("peers", [])
+        state.setdefault("repaired_damage", [])
+        state.setdefault("repair_history", [])
         self.state = state
         self.pages = PageStore(os.path.join(directory, "pages.aur"), volume_id, pg, page_size)
         for slot, offset in self.pages.corrupt_slots:
@@ -199,6 +209,18 @@ class Segment:
             self.state["membership_epoch"] = epoch
             self._save_state()
 
+    @property
+    def peers(self):
+        return self.state["peers"]
+
+    def set_members(self, peers, membership_epoch):
+        """Durably record the PG's other members and the membership epoch they belong to."""
+        peers = list(peers)
+        if peers != self.state["peers"] or membership_epoch != self.state["membership_epoch"]:
+            self.state["peers"] = peers
+            self.state["membership_epoch"] = membership_epoch
+            self._save_state()
+
     def _truncated(self, lsn):
         for after, through in self.state["truncations"]:
             if after < lsn <= through:
@@ -206,7 +228,10 @@ class Segment:
         return False
 
     def _report(self, what):
-        self.corruption.append(what)
+        # The scrub meets the same damage on every pass until it is repaired: report it once.
+        if what not in self.corruption:
+            self.corruption.append(what)
+            del self.corruption[:-CORRUPTION_REPORTS_MAX]
         if not self.state["needs_repair"]:
             self.state["needs_repair"] = True
             self._save_state()
@@ -235,12 +260,28 @@ class Segment:
             try:
                 log = LogFile.open(path, seq, self.volume_id, self.pg)
             except errors.AuroraError as exc:
-                self._report("%s@0: %s" % (name, exc))
+                self._report_damage(name, 0, "%s@0: %s" % (name, exc))
                 continue
             self.files.append(log)
             self.files_by_seq[seq] = log
             self._scan_file(log, last=(n == len(names) - 1))
         self._restore_scl()
+        self.sorted_lsns = sorted(self.records)
+        # Damage repaired earlier is gone from the index for good; forget entries of deleted files.
+        present = {os.path.basename(log.path) for log in self.files}
+        kept = [d for d in self.state["repaired_damage"] if d[0] in present]
+        if kept != self.state["repaired_damage"]:
+            self.state["repaired_damage"] = kept
+            self._save_state()
+
+    def _report_damage(self, name, offset, what):
+        """Restart-scan damage: reported (and the segment marked for repair) unless it is
+        damage that was already repaired from peers; the damaged bytes stay in the file, the
+        good copy fetched from a peer lives further on, so every later restart meets them."""
+        if [name, offset] in self.state["repaired_damage"]:
+            return
+        self.damage.append([name, offset])
+        self._report(what)
 
     def _scan_file(self, log, last):
         view = memoryview(log.mm)
@@ -267,8 +308,9 @@ class Segment:
                 log.tail = end
                 self._clear_torn_tail(log, end)
                 break
-            self._report("%s@%d: %s; records from offset %d on are kept"
-                         % (os.path.basename(log.path), end, reason, found))
+            name = os.path.basename(log.path)
+            self._report_damage(name, end, "%s@%d: %s; records from offset %d on are kept"
+                                % (name, end, reason, found))
             position = found
         view.release()
         log.synced_tail = log.tail
@@ -312,6 +354,8 @@ class Segment:
         packed = recs["offset"].astype(np.int64) + (shift + (log.seq << LOCATION_SEQ_SHIFT))
         self.records.update(zip(lsns, packed.tolist()))
         log.lsns.extend(lsns)
+        if self._restoring is None:
+            self._insert_sorted(lsns)
         is_page = (types >= _native.REC_DELTA) & (types <= _native.REC_ZERO)
         if is_page.any():
             pages = page_no[is_page]
@@ -344,6 +388,19 @@ class Segment:
             above = lsn > self.scl
             self.successor.update(zip(recs["prev_lsn_pg"][above].tolist(), lsn[above].tolist()))
         return len(lsns)
+
+    def _insert_sorted(self, lsns):
+        """Add new LSNs to ``sorted_lsns``.  Writers send LSNs in increasing order, so the
+        common case is an append; out-of-order arrivals are inserted by bisection."""
+        ordered = self.sorted_lsns
+        if all(a < b for a, b in zip(lsns, lsns[1:])) and (not ordered or ordered[-1] < lsns[0]):
+            ordered.extend(lsns)
+            return
+        for lsn in lsns:
+            if not ordered or ordered[-1] < lsn:
+                ordered.append(lsn)
+            else:
+                bisect.insort(ordered, lsn)
 
     def _entry(self, lsn):
         """(log, offset, length, page_no, type, flags, prev_lsn_pg, prev_lsn_page) of a held
@@ -489,6 +546,9 @@ class Segment:
             view.release()
             where = "%s@%d" % (os.path.basename(entry[I_FILE].path), entry[I_OFFSET])
             self._report("%s: record failed its CRC on read" % where)
+            lsn = self._lsn_at(entry[I_FILE], entry[I_OFFSET])
+            if lsn is not None:
+                self.damaged_lsns.add(lsn)
             raise errors.CorruptionError("record at %s failed its CRC32C" % where,
                                          entry[I_FILE].path, entry[I_OFFSET])
         return view
@@ -536,7 +596,8 @@ class Segment:
     def fetch(self, after, through, max_bytes):
         """Records with after < lsn <= through, in LSN order, up to about max_bytes (at least
         one record when there is one): what a peer missing that range needs."""
-        lsns = sorted(lsn for lsn in self.records if after < lsn <= through)
+        ordered = self.sorted_lsns
+        lsns = ordered[bisect.bisect_right(ordered, after):bisect.bisect_right(ordered, through)]
         out = []
         size = 0
         for lsn in lsns:
@@ -550,7 +611,7 @@ class Segment:
     def holes(self):
         """Missing ranges above SCL as (after, through) pairs: each hole ends where a present
         record's PG backlink points."""
-        present = sorted(lsn for lsn in self.records if lsn > self.scl)
+        present = self.sorted_lsns[bisect.bisect_right(self.sorted_lsns, self.scl):]
         ranges = []
         low = self.scl
         for lsn in present:
@@ -559,6 +620,151 @@ class Segment:
                 ranges.append((low, prev))
             low = lsn
         return ranges
+
+    def list_records(self, after_lsn, max_count):
+        """LIST_RECORDS: ([(lsn, prev_lsn_pg, flags)] of up to ``max_count`` held records with
+        lsn > after_lsn in LSN order, the highest held LSN <= after_lsn or 0).  Two bisections
+        of the sorted LSN list, then one header read per listed record."""
+        ordered = self.sorted_lsns
+        start = bisect.bisect_right(ordered, after_lsn)
+        last_at_or_below = ordered[start - 1] if start else 0
+        entries = []
+        for lsn in ordered[start:start + max_count]:
+            entry = self._entry(lsn)
+            entries.append((lsn, entry[I_PREV_PG], entry[I_FLAGS]))
+        return entries, last_at_or_below
+
+    # ---- repair from peers (the gossip thread drives these, under the node's lock) ---------
+
+    def _lsn_at(self, log, offset):
+        """The indexed LSN whose record starts at ``offset`` of ``log``, or None."""
+        for lsn in log.lsns:
+            packed = self.records.get(lsn)
+            if packed is not None and packed >> LOCATION_SEQ_SHIFT == log.seq \
+                    and packed & LOCATION_OFFSET_MASK == offset:
+                return lsn
+        return None
+
+    def replace_records(self, buf, recs):
+        """Replace the stored copies of damaged records (``damaged_lsns``) by the good copies
+        in ``recs`` (scanned from ``buf``), appended at the end of the log.  The damaged bytes
+        stay where they are and are no longer indexed.  Returns how many were replaced."""
+        view = memoryview(buf)
+        replaced = 0
+        for i in range(len(recs)):
+            lsn = int(recs["lsn"][i])
+            if lsn not in self.damaged_lsns or lsn not in self.records:
+                continue
+            # The damaged copy's header cannot be trusted; its file comes from the index.
+            old_log = self.files_by_seq[self.records[lsn] >> LOCATION_SEQ_SHIFT]
+            offset = int(recs["offset"][i])
+            length = RECORD_HEADER_SIZE + int(recs["payload_length"][i])
+            log = self._log_for(length)
+            at = log.append(view[offset:offset + length])
+            self._dirty_files.add(log)
+            old_log.lsns.remove(lsn)
+            log.lsns.append(lsn)
+            self.records[lsn] = at + (log.seq << LOCATION_SEQ_SHIFT)
+            self.damaged_lsns.discard(lsn)
+            replaced += 1
+        self.repair["records_replaced"] += replaced
+        return replaced
+
+    def corrupt_versions(self):
+        """The damaged page versions as (slot, page_no, lsn) read from their slot headers;
+        (slot, None, None) when the header itself cannot be trusted."""
+        out = []
+        seen = set()
+        for slot, offset in self.pages.corrupt_slots:
+            if slot in seen:
+                continue
+            seen.add(slot)
+            _, _, page_no, _, lsn, _ = struct.unpack_from("<IIIIQQ", self.pages.mm, offset)
+            if page_no // self.pages_per_pg != self.pg or lsn == 0 or lsn > max(self.max_lsn, self.scl):
+                out.append((slot, None, None))
+            else:
+                out.append((slot, page_no, lsn))
+        return out
+
+    def _unlist_slot(self, slot):
+        pages = self.pages
+        for page_no, versions in list(pages.versions.items()):
+            if any(s == slot for _, s in versions):
+                kept = [v for v in versions if v[1] != slot]
+                if kept:
+                    pages.versions[page_no] = kept
+                else:
+                    del pages.versions[page_no]
+
+    def _free_corrupt_slot(self, slot):
+        pages = self.pages
+        self._unlist_slot(slot)
+        struct.pack_into("<II", pages.mm, pages._slot_offset(slot), 0, 0)
+        pages.free_slots.append(slot)
+        pages.corrupt_slots = [c for c in pages.corrupt_slots if c[0] != slot]
+        pages.dirty = True
+        self.repair["slots_freed"] += 1
+
+    def rebuild_version(self, slot, page_no, lsn):
+        """Rebuild a damaged page version from an older version and the log, if the log still
+        holds every record of that page's chain up to ``lsn``.  True when the slot is dealt
+        with; False when a peer's page image is needed (apply_chain's backlink check refuses a
+        chain with a gap, so a rebuild is never silently wrong)."""
+        self._unlist_slot(slot)
+        if page_no is None:
+            # Nothing tells which version this was.  Free it: a read that needed it as a base
+            # now fails the chain check (never a wrong page).
+            self._free_corrupt_slot(slot)
+            return True
+        try:
+            page, page_lsn = self._build(page_no, lsn)
+        except errors.AuroraError:
+            return False
+        if page_lsn != lsn:
+            return False
+        self.pages.write(page_no, lsn, page)
+        self._free_corrupt_slot(slot)
+        self.pages.sync()
+        self.repair["pages_rebuilt"] += 1
+        return True
+
+    def install_version(self, slot, page_no, lsn, page):
+        """Replace damaged version ``slot`` by a page image fetched from a peer (GetPage at
+        ``lsn`` whose page LSN is ``lsn``)."""
+        if page_no // self.pages_per_pg != self.pg or len(page) != self.page_size:
+            raise ValueError("page %d of %d bytes does not fit PG %d" % (page_no, len(page), self.pg))
+        if not any(c[0] == slot for c in self.pages.corrupt_slots):
+            return False
+        if not any(v[0] == lsn for v in self.pages.versions.get(page_no, ())):
+            self.pages.write(page_no, lsn, page)
+        self._free_corrupt_slot(slot)
+        self.pages.sync()
+        self.repair["pages_fetched"] += 1
+        return True
+
+    def repair_outstanding(self):
+        """What still stands between this segment and a clean bill: damaged indexed records
+        and damaged page versions (holes are filled by ordinary gossip)."""
+        return len(self.damaged_lsns) + len(self.pages.corrupt_slots)
+
+    def complete_repair(self, peer_scl_max, now):
+        """Clear ``needs_repair`` durably once SCL has caught up with the highest SCL a peer
+        reported and no damaged record or page version remains.  Returns True if cleared."""
+        if not self.state["needs_repair"] or self.scl < peer_scl_max or self.repair_outstanding():
+            return False
+        self.sync()   # the records that repaired the segment are durable before the flag clears
+        entry = {"time": now, "scl": self.scl, "reports": self.corruption[-8:],
+                 "damage": [list(d) for d in self.damage]}
+        entry.update(self.repair)
+        self.state["repair_history"] = (self.state["repair_history"] + [entry])[-8:]
+        self.state["repaired_damage"] = self.state["repaired_damage"] + [
+            d for d in self.damage if d not in self.state["repaired_damage"]]
+        self.state["needs_repair"] = False
+        self._save_state()
+        self.damage = []
+        self.corruption = []
+        self.repair["repairs_completed"] += 1
+        return True
 
     # ---- epochs and truncation -----------------------------------------------------------
 
@@ -584,6 +790,8 @@ class Segment:
             if self.pages.drop_versions(page_no, lambda lsn: after < lsn <= through):
                 self._dirty_pages.add(page_no)
         self.pages.sync()
+        self.sorted_lsns = sorted(self.records)
+        self.damaged_lsns = {lsn for lsn in self.damaged_lsns if lsn in self.records}
         self.max_lsn = max(self.records) if self.records else self.state["gc_lsn"]
         self._pass = None
         self._recompute_scl()
@@ -649,6 +857,7 @@ class Segment:
             for lsn in log.lsns:
                 entry = self._entry(lsn)
                 del self.records[lsn]
+                self.damaged_lsns.discard(lsn)
                 chain = self.page_chains.get(entry[I_PAGE])
                 if chain is not None:
                     chain.remove(lsn)
@@ -658,6 +867,9 @@ class Segment:
                 self.state["gc_lsn"] = max(self.state["gc_lsn"], max(log.lsns))
             self.pages.sync()
             self._save_state()
+            if log.lsns:
+                gone = set(log.lsns)
+                self.sorted_lsns = [lsn for lsn in self.sorted_lsns if lsn not in gone]
             self.files.remove(log)
             del self.files_by_seq[log.seq]
             log.close()
@@ -697,8 +909,16 @@ class Segment:
             elif reason == "cap":
                 self._scrub_offset = end
             else:
-                damage += 1
-                self._report("%s@%d: scrub found %s" % (os.path.basename(log.path), end, reason))
+                name = os.path.basename(log.path)
+                if [name, end] not in self.damage and [name, end] not in self.state["repaired_damage"]:
+                    # Damage the restart scan found (and maybe repaired) stays in the file;
+                    # only new damage counts.
+                    damage += 1
+                    self._report("%s@%d: scrub found %s" % (name, end, reason))
+                    self.damage.append([name, end])
+                    lsn = self._lsn_at(log, end)
+                    if lsn is not None:
+                        self.damaged_lsns.add(lsn)
                 found = _native.log_resync(memoryview(log.mm)[:log.tail], end + 1)
                 if found is None:
                     self._scrub_file += 1
@@ -737,6 +957,11 @@ class Segment:
             "corruption": self.corruption[-16:],
             "scrub": dict(self.scrub),
             "truncations": self.state["truncations"],
+            "peers": list(self.state["peers"]),
+            "damaged_lsns": sorted(self.damaged_lsns)[:16],
+            "corrupt_page_slots": len(self.pages.corrupt_slots),
+            "repair": dict(self.repair),
+            "repair_history": self.state["repair_history"],
         }
 
     def close(self):

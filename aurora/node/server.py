@@ -1,5 +1,10 @@
 """The storage node process: a selectors loop around NodeCore, a group-commit sync thread,
-and bounded background work when the loop is idle.
+bounded background work when the loop is idle, and the gossip thread (aurora/node/gossip.py).
+
+One lock (``NodeServer.lock``) guards NodeCore and its segments: the loop holds it while it
+serves a frame and collects the dirty files, and for each background slice; the gossip thread
+holds it only to snapshot and to apply what it fetched.  Network I/O and fdatasync never run
+under it (the sync thread works on descriptors collected under it).
 
 Group commit: replies that must wait for durability (ACKs) are queued with the file
 descriptors the appends dirtied.  One sync thread fdatasyncs them; every batch that arrives
@@ -18,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aurora import errors, protocol as p
 from aurora.node.core import NodeCore
+from aurora.node.gossip import GOSSIP_INTERVAL_S, Gossiper
 
 log = logging.getLogger("aurora.node")
 
@@ -152,9 +158,11 @@ class SyncThread(threading.Thread):
 
 class NodeServer:
     def __init__(self, data_dir, listen_address, node_id, az, log_file_bytes=None,
-                 background=True):
+                 background=True, gossip=True, gossip_interval_s=GOSSIP_INTERVAL_S):
         kwargs = {} if log_file_bytes is None else {"log_file_bytes": log_file_bytes}
-        self.core = NodeCore(data_dir, node_id, az, **kwargs)
+        self.core = NodeCore(data_dir, node_id, az, self_address=listen_address, **kwargs)
+        self.lock = threading.Lock()
+        self.gossiper = Gossiper(self.core, self.lock, gossip_interval_s) if gossip else None
         self.address = listen_address
         self.listener = listen(listen_address)
         self.selector = selectors.DefaultSelector()
@@ -175,6 +183,8 @@ class NodeServer:
     def serve_forever(self):
         self.running = True
         self.sync_thread.start()
+        if self.gossiper is not None:
+            self.gossiper.start()
         try:
             while self.running:
                 timeout = BACKGROUND_INTERVAL_S if self.background else 0.1
@@ -240,11 +250,16 @@ class NodeServer:
         self._flush(conn)
 
     def _dispatch(self, conn, frame):
-        try:
-            replies = self.core.handle(frame)
-        except Exception as exc:  # a bug must not take the node down
-            log.exception("internal error serving %r", frame)
-            replies = [self.core._error(frame, p.ERROR_INTERNAL, "internal error: %s" % exc, close=True)]
+        with self.lock:
+            try:
+                replies = self.core.handle(frame)
+            except Exception as exc:  # a bug must not take the node down
+                log.exception("internal error serving %r", frame)
+                replies = [self.core._error(frame, p.ERROR_INTERNAL, "internal error: %s" % exc, close=True)]
+            if any(r.after_sync for r in replies):
+                # Collected under the lock, so files the gossip thread dirtied before this
+                # reply's SCL was computed are synced before the reply leaves.
+                self.pending_fds.extend(self.core.dirty_fds())
         for reply in replies:
             if reply.after_sync:
                 self.pending_replies.append((conn, reply))
@@ -252,8 +267,6 @@ class NodeServer:
                 self._send(conn, reply.data)
             if reply.close:
                 conn.closing = True
-        if any(r.after_sync for r in replies):
-            self.pending_fds.extend(self.core.dirty_fds())
 
     def _start_sync(self):
         if self.pending_replies and not self.sync_thread.busy():
@@ -318,12 +331,16 @@ class NodeServer:
         if gc:
             self._last_gc = now
         try:
-            self.core.background_step(MATERIALIZE_PAGES_PER_SLICE, SCRUB_BYTES_PER_SLICE, gc=gc)
+            with self.lock:
+                self.core.background_step(MATERIALIZE_PAGES_PER_SLICE, SCRUB_BYTES_PER_SLICE, gc=gc)
         except Exception:
             log.exception("background work failed; will retry")
 
     def _shutdown(self):
         # Clean shutdown: everything queued is made durable and acknowledged first.
+        if self.gossiper is not None and self.gossiper.is_alive():
+            self.gossiper.stop()
+            self.gossiper.join(timeout=10)
         self.sync_thread.stop()
         self.sync_thread.join(timeout=10)
         if self.pending_replies:
@@ -346,7 +363,8 @@ class NodeServer:
             except OSError:
                 pass
             self._close(conn)
-        self.core.close()
+        with self.lock:
+            self.core.close()
         self.listener.close()
         family, sockaddr = parse_address(self.address)
         if family == socket.AF_UNIX:
