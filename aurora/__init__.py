@@ -8,6 +8,7 @@ from aurora import errors
 from aurora.errors import AuroraError
 from aurora._native import crc32c, crc32c_backend
 from aurora.cluster import Cluster
+from aurora.sqlite import connect
 
 __version__ = "0.1.0"
 
