@@ -213,8 +213,9 @@ def demo(args):
         conn = aurora.connect(cluster)
         reopen_s = time.monotonic() - reopen_started
         volume = aurora_sqlite.volume_of(conn)
-        print("  reopened: writer recovery %.0f ms (volume epoch %d, VDL %d)\n"
-              % (volume.recovery_seconds * 1e3, volume.epoch, volume.vdl))
+        print("  reopened: writer recovery %.0f ms (volume epoch %d, recovered VDL %d, %d records in flight listed)\n"
+              % (volume.recovery_seconds * 1e3, volume.epoch, volume.recovery["vdl"],
+                 volume.recovery.get("records_listed", 0)))
         present = {row[0] for row in conn.execute("SELECT order_id FROM orders")}
         lost = [o for o in acked if o not in present]
         checks.append(("every acknowledged order is present", not lost,
@@ -257,7 +258,7 @@ def demo(args):
                   % (len(run.errors), run.errors[0]))
         return 0 if all(ok for _, ok, _ in checks) else 1
     finally:
-        aurora_sqlite.close_all()
+        aurora_sqlite.close()
         cluster.close()
         if own_dir and not args.keep:
             shutil.rmtree(data_dir, ignore_errors=True)

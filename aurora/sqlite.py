@@ -121,6 +121,11 @@ def vfs_for(connection):
     return connection._aurora
 
 
+def volume_of(connection):
+    """The writer Volume behind an aurora connection (status, statistics, recovery time)."""
+    return connection._aurora.volume
+
+
 # ---- connections whose aurora failures say so -----------------------------------------------
 
 def _aurora_cause(handle, exc):
