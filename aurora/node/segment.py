@@ -38,6 +38,8 @@ SCAN_RECORDS_PER_CALL = 65536
 # crash can never be mistaken for damage in the middle of the log.
 TORN_TAIL_CLEAR_CHUNK = 64 * 1024
 CORRUPTION_REPORTS_MAX = 256   # the newest damage reports kept for status
+# Batches up to this many records are indexed record by record (see _index_small).
+SMALL_INDEX_RECORDS = 64
 PAGE_TYPES = frozenset((_native.REC_DELTA, _native.REC_IMAGE, _native.REC_ZERO))
 
 # Index entry fields (a tuple per record, kept small and flat).
@@ -334,6 +336,8 @@ class Segment:
         Python except the dictionary updates, which run at C speed."""
         if len(recs) == 0:
             return 0
+        if self._restoring is None and len(recs) <= SMALL_INDEX_RECORDS:
+            return self._index_small(log, recs, shift)
         lsn = recs["lsn"]
         keep = lsn > self.state["gc_lsn"]
         for after, through in self.state["truncations"]:
@@ -388,6 +392,42 @@ class Segment:
             above = lsn > self.scl
             self.successor.update(zip(recs["prev_lsn_pg"][above].tolist(), lsn[above].tolist()))
         return len(lsns)
+
+    def _index_small(self, log, recs, shift):
+        """_index for a live batch of a few records: plain Python beats numpy's per-call cost
+        here, and this runs for every batch on the acknowledgement path."""
+        gc_lsn = self.state["gc_lsn"]
+        truncations = self.state["truncations"]
+        records = self.records
+        chains = self.page_chains
+        base = shift + (log.seq << LOCATION_SEQ_SHIFT)
+        added = []
+        for lsn, offset, page_no, rtype, prev_pg in zip(
+                recs["lsn"].tolist(), recs["offset"].tolist(), recs["page_no"].tolist(),
+                recs["type"].tolist(), recs["prev_lsn_pg"].tolist()):
+            if lsn <= gc_lsn or lsn in records:
+                continue
+            if truncations and any(after < lsn <= through for after, through in truncations):
+                continue
+            records[lsn] = offset + base
+            added.append(lsn)
+            if rtype in PAGE_TYPES:
+                chain = chains.get(page_no)
+                if chain is None:
+                    chains[page_no] = [lsn]
+                elif chain[-1] < lsn:
+                    chain.append(lsn)
+                else:
+                    bisect.insort(chain, lsn)
+                self._dirty_pages.add(page_no)
+            if lsn > self.max_lsn:
+                self.max_lsn = lsn
+            if lsn > self.scl:
+                self.successor[prev_pg] = lsn
+        if added:
+            log.lsns.extend(added)
+            self._insert_sorted(added)
+        return len(added)
 
     def _insert_sorted(self, lsns):
         """Add new LSNs to ``sorted_lsns``.  Writers send LSNs in increasing order, so the
