@@ -27,7 +27,6 @@ _spec = importlib.util.spec_from_file_location(
 sqlite_fake = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sqlite_fake)
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 WAL_MESSAGE = "aurora: WAL is not supported"
 
 
@@ -473,8 +472,12 @@ def test_process_level_fencing(tmp_path):
               "with db:\n"
               "    db.execute(\"INSERT INTO t VALUES ('second process')\")\n"
               "db.close()\n")
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    subprocess.run([sys.executable, "-c", script, data_dir], check=True, env=env, timeout=120)
+    # cwd is not the source tree, and PYTHONPATH names the aurora this test imported, so
+    # the child runs the same build (installed or in place).
+    from aurora.node.process import _package_root
+    env = dict(os.environ, PYTHONPATH=_package_root())
+    subprocess.run([sys.executable, "-c", script, data_dir], check=True, env=env, timeout=120,
+                   cwd=str(tmp_path))
     with pytest.raises(sqlite3.OperationalError, match="WriterFenced"):
         db.execute("INSERT INTO t VALUES ('fenced')")
         db.commit()
