@@ -93,6 +93,8 @@ class PageStore:
         fsync_directory(os.path.dirname(self.path))
 
     def _check_header(self):
+        if len(self.mm) < FILE_HEADER_SIZE:
+            raise errors.CorruptionError("page store is shorter than its header", self.path, 0)
         magic, version, flags, crc, page_size, volume, pg, _, _ = FILE_HEADER.unpack_from(self.mm)
         if magic != FILE_MAGIC or _mask(crc32c(memoryview(self.mm)[12:FILE_HEADER_SIZE])) != crc:
             raise errors.CorruptionError("page store header is damaged", self.path, 0)
@@ -134,7 +136,7 @@ class PageStore:
 
     def _grow(self):
         old = self.capacity
-        new = old * 2
+        new = max(old * 2, SLOTS_INITIAL)   # a file cut short to its header has 0 slots
         self.mm.flush()
         self.mm.close()
         os.ftruncate(self.fd, FILE_HEADER_SIZE + new * self.slot_size)
