@@ -1,4 +1,9 @@
-"""Run the record fuzz target without atheris: every seed, then 2000 seeded random mutations."""
+"""Run every fuzz target without atheris: each seed, then seeded random mutations.
+
+Targets (tests/fuzz/fuzz_<name>.py, seeds in tests/fuzz/seeds/<name>/): record (batch decoder,
+log scan, resync), frame (frame decoder, FrameReader, peer lists, the node core), segment (a log
+file image opened by Segment's restart scan), pagestore (page store header and slots).
+"""
 import importlib.util
 import random
 from pathlib import Path
@@ -6,18 +11,24 @@ from pathlib import Path
 import pytest
 
 FUZZ = Path(__file__).resolve().parent / "fuzz"
-SEEDS = sorted((FUZZ / "seeds" / "record").glob("*"))
-MUTATIONS = 2000
+# Mutations per target: the file-backed targets open real files for every input.
+MUTATIONS = {"record": 2000, "frame": 1500, "segment": 300, "pagestore": 400}
+TARGETS = sorted(MUTATIONS)
 
 
-def load_target():
-    spec = importlib.util.spec_from_file_location("fuzz_record", FUZZ / "fuzz_record.py")
+def load_target(name):
+    spec = importlib.util.spec_from_file_location("fuzz_" + name, FUZZ / ("fuzz_%s.py" % name))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-TARGET = load_target()
+def seeds(name):
+    return sorted((FUZZ / "seeds" / name).glob("*"))
+
+
+MODULES = {name: load_target(name) for name in TARGETS}
+SEEDS = [(name, seed) for name in TARGETS for seed in seeds(name)]
 
 
 def mutate(rng, data, corpus):
@@ -44,24 +55,26 @@ def mutate(rng, data, corpus):
     return bytes(data)
 
 
-def test_seeds_exist_and_are_small():
-    assert len(SEEDS) >= 3
-    assert all(seed.stat().st_size < 4096 for seed in SEEDS)
+@pytest.mark.parametrize("name", TARGETS)
+def test_seeds_exist_and_are_small(name):
+    assert len(seeds(name)) >= 3
+    assert all(seed.stat().st_size < 4096 for seed in seeds(name))
 
 
-@pytest.mark.parametrize("seed", SEEDS, ids=[s.name for s in SEEDS])
-def test_seed(seed):
-    TARGET.test_one_input(seed.read_bytes())
+@pytest.mark.parametrize("name,seed", SEEDS, ids=["%s/%s" % (n, s.name) for n, s in SEEDS])
+def test_seed(name, seed):
+    MODULES[name].test_one_input(seed.read_bytes())
 
 
-def test_random_mutations():
-    rng = random.Random(20240517)
-    corpus = [seed.read_bytes() for seed in SEEDS]
-    for i in range(MUTATIONS):
+@pytest.mark.parametrize("name", TARGETS)
+def test_random_mutations(name):
+    rng = random.Random("20240517/" + name)
+    corpus = [seed.read_bytes() for seed in seeds(name)]
+    for i in range(MUTATIONS[name]):
         data = mutate(rng, rng.choice(corpus), corpus)
         try:
-            TARGET.test_one_input(data)
-        except AssertionError:
-            raise AssertionError("mutation %d failed on %s" % (i, data.hex()))
+            MODULES[name].test_one_input(data)
+        except Exception:
+            raise AssertionError("%s: mutation %d failed on %s" % (name, i, data.hex()))
         if i % 50 == 0:
             corpus.append(data)   # grow the corpus a little, like a fuzzer would

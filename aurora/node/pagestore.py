@@ -15,6 +15,7 @@ A version is written page bytes first and its crc+flags word last, so a process 
 the middle leaves a slot that reads as free, never as a torn page.  A slot whose flags say
 in use but whose CRC fails is corruption: it is reported and never served.
 """
+import hashlib
 import mmap
 import os
 import struct
@@ -32,10 +33,26 @@ SLOT_HEADER_SIZE = SLOT_HEADER.size
 assert SLOT_HEADER_SIZE == 32
 SLOT_IN_USE = 1
 SLOTS_INITIAL = 64
+# Test mode (see segment.py SYNC_JOURNAL): a copy of the file as each sync left it.
+SYNC_JOURNAL = os.environ.get("AURORA_NODE_SYNC_JOURNAL") or None
 
 
 def _mask(crc):
     return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def synced_copy_path(journal, path):
+    """Where the sync-journal test mode keeps the last synced image of page store ``path``."""
+    return "%s.pages/%s" % (journal, hashlib.sha1(os.path.abspath(path).encode()).hexdigest())
+
+
+def _journal_snapshot(store):
+    """Sync-journal test mode: keep the file as this fdatasync left it durable."""
+    target = synced_copy_path(SYNC_JOURNAL, store.path)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target + ".tmp", "wb") as f:
+        f.write(store.mm[:])
+    os.replace(target + ".tmp", target)
 
 
 class PageStore:
@@ -76,6 +93,8 @@ class PageStore:
         fsync_directory(os.path.dirname(self.path))
 
     def _check_header(self):
+        if len(self.mm) < FILE_HEADER_SIZE:
+            raise errors.CorruptionError("page store is shorter than its header", self.path, 0)
         magic, version, flags, crc, page_size, volume, pg, _, _ = FILE_HEADER.unpack_from(self.mm)
         if magic != FILE_MAGIC or _mask(crc32c(memoryview(self.mm)[12:FILE_HEADER_SIZE])) != crc:
             raise errors.CorruptionError("page store header is damaged", self.path, 0)
@@ -117,7 +136,7 @@ class PageStore:
 
     def _grow(self):
         old = self.capacity
-        new = old * 2
+        new = max(old * 2, SLOTS_INITIAL)   # a file cut short to its header has 0 slots
         self.mm.flush()
         self.mm.close()
         os.ftruncate(self.fd, FILE_HEADER_SIZE + new * self.slot_size)
@@ -204,6 +223,8 @@ class PageStore:
         if self.dirty:
             self.dirty = False
             os.fdatasync(self.fd)
+            if SYNC_JOURNAL:
+                _journal_snapshot(self)
 
     def scrub_step(self, max_slots):
         """Check up to ``max_slots`` slots; return the damaged ones found."""

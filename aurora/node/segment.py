@@ -13,6 +13,7 @@ read point R returns exactly the page after all records <= R and is refused when
 SCL or below the low-water mark; no page or record is served without its CRC checked.
 """
 import bisect
+import collections
 import gc
 import itertools
 import mmap
@@ -41,6 +42,11 @@ CORRUPTION_REPORTS_MAX = 256   # the newest damage reports kept for status
 # Batches up to this many records are indexed record by record (see _index_small).
 SMALL_INDEX_RECORDS = 64
 PAGE_TYPES = frozenset((_native.REC_DELTA, _native.REC_IMAGE, _native.REC_ZERO))
+# Test mode (tests/test_crash_consistency.py): with AURORA_NODE_SYNC_JOURNAL set, the server
+# journals which log bytes each group commit made durable, so a harness can drop everything
+# else as a power loss would.  Unset (always, outside tests) it costs one attribute test.
+SYNC_JOURNAL = os.environ.get("AURORA_NODE_SYNC_JOURNAL") or None
+SYNC_FACTS = collections.deque()   # (log path, synced length), taken by the server's sync journal
 
 # Index entry fields (a tuple per record, kept small and flat).
 I_FILE, I_OFFSET, I_LENGTH, I_PAGE, I_TYPE, I_FLAGS, I_PREV_PG, I_PREV_PAGE = range(8)
@@ -65,6 +71,12 @@ def _first_nonzero(view, start, chunk=1 << 20):
             return position + int(hits[0])
         position += len(block)
     return None
+
+
+def _note_sync_facts(logs):
+    """Sync-journal test mode: remember how far each log is about to be synced.  The facts
+    are journaled only after the fdatasync that covers them succeeded (server.py)."""
+    SYNC_FACTS.extend((log.path, log.tail) for log in logs)
 
 
 class ReadPointRefused(errors.AuroraError):
@@ -328,6 +340,8 @@ class Segment:
             log.mm[position:end] = zero[:end - position]
             position = end
         log.mm.flush()
+        if SYNC_JOURNAL:   # msync made every byte up to the tail durable
+            _note_sync_facts([log])
 
     def _index(self, log, recs, shift=0):
         """Index the records of ``recs`` stored in ``log`` at their offset + ``shift``, skipping
@@ -563,6 +577,8 @@ class Segment:
         fds = [log.fd for log in self._dirty_files]
         for log in self._dirty_files:
             log.synced_tail = log.tail
+        if SYNC_JOURNAL:
+            _note_sync_facts(self._dirty_files)
         self._dirty_files.clear()
         return fds
 

@@ -11,6 +11,7 @@ descriptors the appends dirtied.  One sync thread fdatasyncs them; every batch t
 while a sync runs shares the next one.  The loop never blocks on a sync.
 """
 import errno
+import json
 import logging
 import os
 import selectors
@@ -24,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aurora import errors, protocol as p
 from aurora.node.core import NodeCore
 from aurora.node.gossip import GOSSIP_INTERVAL_S, Gossiper
+from aurora.node import segment as segment_module
 
 log = logging.getLogger("aurora.node")
 
@@ -85,6 +87,15 @@ class Connection:
         self.peer = peer
 
 
+def _journal_synced(facts):
+    """Sync-journal test mode (AURORA_NODE_SYNC_JOURNAL): append the (log file, length)
+    facts an fdatasync just made durable, one JSON line each, before any ACK they cover
+    leaves.  The harness in tests/test_crash_consistency.py drops every byte not covered."""
+    lines = "".join(json.dumps({"path": path, "length": length}) + "\n" for path, length in facts)
+    with open(segment_module.SYNC_JOURNAL, "a") as f:
+        f.write(lines)
+
+
 class SyncThread(threading.Thread):
     """fdatasyncs batches of file descriptors handed over by the loop, then wakes it."""
 
@@ -98,10 +109,10 @@ class SyncThread(threading.Thread):
         self.syncs = 0
         self.pool = None
 
-    def submit(self, fds, replies):
+    def submit(self, fds, replies, facts=()):
         with self.cond:
             assert self.job is None
-            self.job = (fds, replies)
+            self.job = (fds, replies, facts)
             self.cond.notify()
 
     def busy(self):
@@ -120,8 +131,10 @@ class SyncThread(threading.Thread):
                     self.cond.wait()
                 if self.job is None:
                     return
-                fds, replies = self.job
+                fds, replies, facts = self.job
             failed = self._sync_all(set(fds))
+            if facts and failed is None:
+                _journal_synced(facts)
             with self.cond:
                 self.syncs += 1
                 self.done = (replies, failed)
@@ -172,6 +185,7 @@ class NodeServer:
         self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
         self.sync_thread = SyncThread(self.wake_w)
         self.pending_fds = []
+        self.pending_facts = []      # sync-journal test mode only
         self.pending_replies = []    # (connection, Reply) waiting for the next sync
         self.connections = {}
         self.running = False
@@ -260,6 +274,11 @@ class NodeServer:
                 # Collected under the lock, so files the gossip thread dirtied before this
                 # reply's SCL was computed are synced before the reply leaves.
                 self.pending_fds.extend(self.core.dirty_fds())
+                if segment_module.SYNC_JOURNAL:
+                    # Taken under the lock with the fds: facts a sync outside the loop
+                    # noted earlier were synced under this lock already.
+                    self.pending_facts.extend(segment_module.SYNC_FACTS)
+                    segment_module.SYNC_FACTS.clear()
         for reply in replies:
             if reply.after_sync:
                 self.pending_replies.append((conn, reply))
@@ -270,9 +289,9 @@ class NodeServer:
 
     def _start_sync(self):
         if self.pending_replies and not self.sync_thread.busy():
-            fds, replies = self.pending_fds, self.pending_replies
-            self.pending_fds, self.pending_replies = [], []
-            self.sync_thread.submit(fds, replies)
+            fds, replies, facts = self.pending_fds, self.pending_replies, self.pending_facts
+            self.pending_fds, self.pending_replies, self.pending_facts = [], [], []
+            self.sync_thread.submit(fds, replies, facts)
 
     def _on_synced(self):
         try:
