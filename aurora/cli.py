@@ -33,7 +33,7 @@ def cmd_node_serve(args):
     from aurora.node.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return serve(args.data, args.listen, args.node_id, args.az, args.log_file_bytes)
+    return serve(args.data, args.listen, args.node_id, args.az, args.log_file_bytes, args.parent_pid)
 
 
 def cmd_node_status(args):
@@ -94,6 +94,8 @@ def build_parser():
     serve.add_argument("--az", required=True, help="failure domain of this node")
     serve.add_argument("--log-file-bytes", type=int, default=None,
                        help="size of each preallocated log file (default 64 MiB)")
+    serve.add_argument("--parent-pid", type=int, default=None,
+                       help="shut down cleanly when this process (the one that started the node) is gone")
     serve.set_defaults(func=cmd_node_serve)
     status = node_sub.add_parser("status", help="print a node's segments and epochs")
     status.add_argument("--connect", required=True, help="unix:PATH or tcp:HOST:PORT")

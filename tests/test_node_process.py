@@ -228,3 +228,40 @@ def test_status_command_prints_segments(node):
                          check=True, capture_output=True, text=True, cwd="/", env=env).stdout
     assert "node n1  az az1" in out
     assert "SCL" in out and str(workload.lsn) in out
+
+
+PARENT_SCRIPT = r"""
+import sys, time
+from aurora.node.process import NodeProcess
+proc = NodeProcess(sys.argv[1], sys.argv[2], "orphan", "az1").start()
+print(proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_node_stops_when_the_process_that_started_it_dies(tmp_path):
+    from aurora.node.process import _package_root
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT_SCRIPT)
+    address = "unix:%s/orphan.sock" % short_socket_dir()
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path / "data"), address],
+                              stdout=subprocess.PIPE, text=True, cwd=str(tmp_path),
+                              env=dict(os.environ, PYTHONPATH=_package_root()))
+    node_pid = int(parent.stdout.readline())
+    parent.stdout.close()
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(node_pid, 0)
+        except ProcessLookupError:
+            break
+        try:
+            os.waitpid(node_pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    else:
+        os.kill(node_pid, 9)
+        raise AssertionError("the orphaned node %d kept running" % node_pid)

@@ -37,6 +37,7 @@ from aurora import _native
 log = logging.getLogger("aurora.node.gossip")
 
 GOSSIP_INTERVAL_S = 0.05
+GOSSIP_IDLE_INTERVAL_S = 1.0      # the longest wait of a node in step with its peers
 GOSSIP_FETCH_BYTES_PER_ROUND = 4 * 1024 * 1024     # per segment per round
 GOSSIP_FETCHES_PER_ROUND = 32                      # FETCH requests per segment per round
 GOSSIP_PAGES_PER_ROUND = 16                        # GET_PAGE repairs per segment per round
@@ -103,11 +104,17 @@ class Gossiper(threading.Thread):
 
     def run(self):
         try:
-            while not self.stopping.wait(self.interval_s):
+            wait = self.interval_s
+            while not self.stopping.wait(wait):
+                busy = True
                 try:
-                    self.round()
+                    busy = self.round()
                 except Exception:   # a bug here must not stop gossip for good
                     log.exception("gossip round failed; will retry")
+                # A node in step with its peers backs off (an idle fleet must not spend its
+                # CPU asking six peers for their SCL twenty times a second); any sign of
+                # being behind brings the short interval back.
+                wait = self.interval_s if busy else min(wait * 2, GOSSIP_IDLE_INTERVAL_S)
                 now = time.monotonic()
                 if now - self._last_hint_persist >= VDL_HINT_PERSIST_INTERVAL_S:
                     self._last_hint_persist = now
@@ -123,13 +130,16 @@ class Gossiper(threading.Thread):
     # ---- one round -----------------------------------------------------------------------
 
     def round(self):
+        """One pass over every segment; True if any was behind its peers or damaged."""
         with self.lock:
             targets = self.core.gossip_targets()
+        busy = False
         for target in targets:
             if self.stopping.is_set():
-                return
-            self._gossip_segment(target)
+                return busy
+            busy = self._gossip_segment(target) or busy
         self.rounds += 1
+        return busy
 
     def _gossip_segment(self, t):
         # Which peers are reachable, at our epochs, and how far their SCL goes.
@@ -144,7 +154,7 @@ class Gossiper(threading.Thread):
                 continue
             answers.append((p.SCL_BODY.unpack_from(frame.body)[2], address))
         if not answers:
-            return
+            return bool(t["holes"] or t["needs_repair"])
         answers.sort(reverse=True)
         peer_scl_max = answers[0][0]
         ranges = list(t["holes"])
@@ -170,6 +180,7 @@ class Gossiper(threading.Thread):
                 if self.core.complete_repair(t["volume_id"], t["pg"], peer_scl_max):
                     log.info("volume %d PG %d repaired from peers; SCL reached %d",
                              t["volume_id"], t["pg"], peer_scl_max)
+        return bool(ranges or t["corrupt_versions"] or t["needs_repair"])
 
     def _fetch_range(self, t, answers, after, through, budget):
         """Fetch (after, through] from the first peer that has some of it; append what is

@@ -35,6 +35,9 @@ class NodeProcess:
                "--listen", self.address, "--node-id", self.node_id, "--az", self.az]
         if self.log_file_bytes:
             cmd += ["--log-file-bytes", str(self.log_file_bytes)]
+        # The node stops with the process that started it; a crashed test or program must
+        # not leave a fleet running.
+        cmd += ["--parent-pid", str(os.getpid())]
         return cmd
 
     def start(self, wait=True):

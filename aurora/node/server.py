@@ -33,12 +33,13 @@ RECV_BYTES = 1 << 20
 LISTEN_BACKLOG = 512
 CONNECTIONS_MAX = 4096
 # Background slices: how often, and how much each may do (bounded so the loop stays fast).
-BACKGROUND_INTERVAL_S = 0.005
+BACKGROUND_INTERVAL_S = 0.02
 GC_INTERVAL_S = 1.0
 MATERIALIZE_PAGES_PER_SLICE = 64
-SCRUB_BYTES_PER_SLICE = 64 * 1024
+SCRUB_BYTES_PER_SLICE = 16 * 1024   # with 50 slices/s: at most ~800 KB/s of scrubbing
 # Log files of different segments synced in parallel by one group commit.
 SYNC_THREADS_MAX = 8
+PARENT_CHECK_INTERVAL_S = 1.0
 
 
 def parse_address(address):
@@ -189,6 +190,7 @@ class NodeServer:
         self.pending_replies = []    # (connection, Reply) waiting for the next sync
         self.connections = {}
         self.running = False
+        self.started = False
         self.background = background
         self._last_gc = 0.0
 
@@ -196,6 +198,7 @@ class NodeServer:
 
     def serve_forever(self):
         self.running = True
+        self.started = True
         self.sync_thread.start()
         if self.gossiper is not None:
             self.gossiper.start()
@@ -395,9 +398,26 @@ class NodeServer:
         os.close(self.wake_w)
 
 
-def serve(data_dir, listen_address, node_id, az, log_file_bytes=None):
-    """Run a node in the foreground until SIGTERM or SIGINT (clean) or SIGKILL (crash)."""
+def watch_parent(server, parent_pid, interval_s=PARENT_CHECK_INTERVAL_S):
+    """Stop the node cleanly once the process that started it is gone: an embedded fleet
+    must not outlive the program it serves (it is started again by the next one)."""
+    def run():
+        while server.running or not server.started:
+            if os.getppid() != parent_pid:
+                log.warning("parent process %d is gone; shutting down", parent_pid)
+                server.stop()
+                return
+            time.sleep(interval_s)
+
+    threading.Thread(target=run, name="aurora-node-parent-watch", daemon=True).start()
+
+
+def serve(data_dir, listen_address, node_id, az, log_file_bytes=None, parent_pid=None):
+    """Run a node in the foreground until SIGTERM or SIGINT (clean) or SIGKILL (crash), or,
+    with ``parent_pid``, until that process is gone."""
     server = NodeServer(data_dir, listen_address, node_id, az, log_file_bytes)
+    if parent_pid:
+        watch_parent(server, parent_pid)
 
     def on_signal(signum, _frame):
         server.stop()
