@@ -139,6 +139,21 @@ def descendants(pid):
     return sorted(found)
 
 
+def child_env():
+    """Environment for a child Python that imports bench.peers and aurora: aurora from where
+    this process found it (an installed wheel, or an in-place build), then this checkout for
+    ``bench``.  Children run outside the checkout so that its uncompiled aurora/ never shadows
+    an installed one."""
+    import aurora
+    paths = [os.path.dirname(os.path.dirname(os.path.abspath(aurora.__file__))),
+             os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
+    if os.environ.get("PYTHONPATH"):
+        paths.append(os.environ["PYTHONPATH"])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

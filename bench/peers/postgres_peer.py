@@ -75,7 +75,7 @@ class Server:
     def start(self):
         log = open(self.data + ".log", "ab")
         kwargs = {"user": self.owner[0], "group": self.owner[1]} if self.owner else {}
-        self.proc = subprocess.Popen([os.path.join(bin_dir(), "postgres"), "-D", self.data],
+        self.proc = subprocess.Popen([os.path.join(bin_dir(), "postgres"), "-D", self.data], cwd=self.socket_dir,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
         log.close()
 
@@ -147,6 +147,8 @@ class PostgresCluster:
 
     def __init__(self, scratch, standbys=STANDBYS, tag="pg"):
         self.owner = _run_as()
+        if self.owner:
+            os.chmod(scratch, os.stat(scratch).st_mode | 0o111)   # the server's user must reach its dir
         self.dir = tempfile.mkdtemp(prefix="%s-" % tag, dir=scratch)
         os.chmod(self.dir, 0o755)
         if self.owner:
@@ -157,8 +159,12 @@ class PostgresCluster:
 
     def _as_owner(self, command, **kwargs):
         extra = {"user": self.owner[0], "group": self.owner[1]} if self.owner else {}
-        return subprocess.run(command, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=self.dir,
                               timeout=START_TIMEOUT_S, **extra, **kwargs)
+        if done.returncode != 0:
+            raise RuntimeError("%s failed (exit %d): %s" % (os.path.basename(command[0]), done.returncode,
+                                                            done.stdout.strip()[-500:]))
+        return done
 
     def start(self):
         bindir = bin_dir()

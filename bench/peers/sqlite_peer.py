@@ -15,7 +15,7 @@ import time
 
 from bench.peers import common
 
-BUSY_TIMEOUT_S = 60.0
+BUSY_TIMEOUT_S = 10.0    # a client stuck on a lock longer than this counts an error
 RECOVERY_CHILD_TIMEOUT_S = 900.0
 KILL_AFTER_WRITING_S = 0.5
 
@@ -116,10 +116,8 @@ def run_recovery_child(kind, target, size_bytes, mode=None):
     command = [sys.executable, "-m", "bench.peers.recovery_child", kind, target, str(size_bytes)]
     if mode:
         command.append(mode)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=root, env=env)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=common.child_env(),
+                             cwd=os.path.dirname(os.path.abspath(target)))
     deadline = time.monotonic() + RECOVERY_CHILD_TIMEOUT_S
     data_bytes = None
     try:
