@@ -302,6 +302,7 @@ def plots(data, directory, prefix):
         return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     os.makedirs(directory, exist_ok=True)
     cells, clients = data["cells"], data["clients"]
     peers = [p for p in PEERS if any(c["peer"] == p for c in cells)]
@@ -352,7 +353,7 @@ def plots(data, directory, prefix):
             ax.set_title("%s, %d clients" % (workload, focus))
             ax.grid(True, axis="y", which="both", alpha=0.3)
         axes[0][0].set_ylabel("latency (ms)")
-        axes[0][0].legend(fontsize=7)
+        axes[0][-1].legend(fontsize=7, loc="lower left", framealpha=0.9)
         save(fig, "latency")
 
     bars = []
@@ -384,6 +385,7 @@ def plots(data, directory, prefix):
             ax.plot(xs, [p["recovery_s"] for p in points], marker="o", label=peer, color=colors.get(peer, "k"))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: "%g" % v))
         ax.set_xlabel("data size (MiB)")
         ax.set_ylabel("recovery after SIGKILL (s)")
         ax.grid(True, which="both", alpha=0.3)

@@ -300,7 +300,8 @@ def postgres_recovery(sizes_mib, scratch):
         for size in sizes_mib:
             with psycopg.connect(server.conninfo(), autocommit=True) as conn:
                 for _ in range(1_000_000):
-                    if conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] >= size << 20:
+                    loaded = conn.execute("SELECT count(*) > 0 FROM big").fetchone()[0]
+                    if loaded and conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] >= size << 20:
                         break
                     conn.execute("INSERT INTO big SELECT g, 0, repeat(md5(g::text), 31) FROM generate_series("
                                  "(SELECT coalesce(max(id), 0) + 1 FROM big), (SELECT coalesce(max(id), 0) + 20000 FROM big)) g")
@@ -318,8 +319,8 @@ def postgres_recovery(sizes_mib, scratch):
                             with db.transaction():
                                 for _ in range(20):
                                     db.execute("UPDATE big SET v = v + 1 WHERE id = %s", (rng.randint(1, rows),))
-                except psycopg.Error:
-                    pass        # the server was killed under it
+                except Exception:
+                    pass        # psycopg.Error: the server was killed under it
 
             threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(RECOVERY_WRITERS)]
             for t in threads:
