@@ -304,7 +304,7 @@ def postgres_recovery(sizes_mib, scratch):
                     if loaded and conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] >= size << 20:
                         break
                     conn.execute("INSERT INTO big SELECT g, 0, repeat(md5(g::text), 31) FROM generate_series("
-                                 "(SELECT coalesce(max(id), 0) + 1 FROM big), (SELECT coalesce(max(id), 0) + 20000 FROM big)) g")
+                                 "(SELECT coalesce(max(id), 0) + 1 FROM big), (SELECT coalesce(max(id), 0) + 4000 FROM big)) g")
                 data_bytes = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
                 rows = conn.execute("SELECT max(id) FROM big").fetchone()[0]
                 conn.execute("CHECKPOINT")
