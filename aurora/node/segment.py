@@ -825,32 +825,53 @@ class Segment:
     # ---- epochs and truncation -----------------------------------------------------------
 
     def truncate(self, after, through):
-        """Durably drop every record with after < lsn <= through (writer recovery)."""
+        """Durably drop every record with after < lsn <= through (writer recovery).
+
+        The cost is in the records dropped and the records above SCL, not in the segment's
+        size: writer recovery truncates every PG, and its time must not grow with the volume."""
         if through < after:
             raise ValueError("truncation range (%d, %d] is empty" % (after, through))
+        versions_above = self.state["materialized_lsn"] > after
         self.state["truncations"].append([after, through])
-        if self.state["materialized_lsn"] > after:
+        if versions_above:
             self.state["materialized_lsn"] = after
         self._save_state()
-        for log in self.files:
-            log.lsns = [l for l in log.lsns if not after < l <= through]
-        for lsn in [l for l in self.records if after < l <= through]:
-            entry = self._entry(lsn)
-            del self.records[lsn]
-            chain = self.page_chains.get(entry[I_PAGE])
-            if chain is not None:
-                chain.remove(lsn)
-                if not chain:
-                    del self.page_chains[entry[I_PAGE]]
-        for page_no in list(self.pages.versions):
-            if self.pages.drop_versions(page_no, lambda lsn: after < lsn <= through):
-                self._dirty_pages.add(page_no)
-        self.pages.sync()
-        self.sorted_lsns = sorted(self.records)
-        self.damaged_lsns = {lsn for lsn in self.damaged_lsns if lsn in self.records}
-        self.max_lsn = max(self.records) if self.records else self.state["gc_lsn"]
+        ordered = self.sorted_lsns
+        lo = bisect.bisect_right(ordered, after)
+        hi = bisect.bisect_right(ordered, through)
+        dropped = ordered[lo:hi]
+        if dropped:
+            gone = set(dropped)
+            touched = set()
+            for lsn in dropped:
+                entry = self._entry(lsn)
+                touched.add(entry[I_FILE])
+                del self.records[lsn]
+                chain = self.page_chains.get(entry[I_PAGE])
+                if chain is not None:
+                    chain.remove(lsn)
+                    if not chain:
+                        del self.page_chains[entry[I_PAGE]]
+            for log in touched:
+                log.lsns = [l for l in log.lsns if l not in gone]
+            del ordered[lo:hi]
+            self.damaged_lsns = {lsn for lsn in self.damaged_lsns if lsn not in gone}
+        if versions_above:
+            for page_no in list(self.pages.versions):
+                if self.pages.drop_versions(page_no, lambda lsn: after < lsn <= through):
+                    self._dirty_pages.add(page_no)
+            self.pages.sync()
+        self.max_lsn = ordered[-1] if ordered else self.state["gc_lsn"]
         self._pass = None
-        self._recompute_scl()
+        if dropped or self.scl > after:
+            # SCL cannot pass the range any more; the chain above it is rebuilt from the
+            # records that remain above the new SCL only.
+            if self.scl > after:
+                below = bisect.bisect_right(ordered, after)
+                self.scl = max(ordered[below - 1] if below else 0, self.state["gc_lsn"])
+            first = bisect.bisect_right(ordered, self.scl)
+            self.successor = {self._entry(lsn)[I_PREV_PG]: lsn for lsn in ordered[first:]}
+            self._advance_scl()
 
     def set_lwm(self, lwm):
         """Raise the low-water mark (PGMRPL); it never moves back and never passes SCL."""
