@@ -8,8 +8,9 @@ same error; at the end (and again after the volume is reopened, which runs write
 ``iterdump()`` must list the same SQL and ``PRAGMA integrity_check`` must be ok.
 
 The fleet uses 64 pages per PG, so the database spans several PGs.  A failure names the
-seed and the statements that led to it; rerun one seed with
-``pytest tests/test_sqlite_differential.py -k "seed and <seed>"``.
+seed and the statements that led to it; rerun any seed with
+``AURORA_DIFF_SEED=<seed> pytest tests/test_sqlite_differential.py -k env_seed``.  The long
+seeds run with ``-m slow``.
 """
 import os
 import random
@@ -340,16 +341,18 @@ def test_same_results_as_a_plain_sqlite_file(seed, cluster, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", SLOW_SEEDS)
-def test_same_results_as_a_plain_sqlite_file_long(seed, cluster, tmp_path, request):
+def test_same_results_as_a_plain_sqlite_file_long(seed, tmp_path, request):
     if "slow" not in (request.config.getoption("markexpr") or ""):
         pytest.skip("a long run: select it with -m slow")
-    run_workload(seed, SLOW_STATEMENTS, cluster, tmp_path)
+    # The fleet only once the test runs: a skipped test starts no node processes.
+    run_workload(seed, SLOW_STATEMENTS, request.getfixturevalue("cluster"), tmp_path)
 
 
-def test_env_seed(cluster, tmp_path):
+def test_env_seed(tmp_path, request):
     """AURORA_DIFF_SEED=<n> [AURORA_DIFF_STATEMENTS=<m>] runs one more seed (reproducing a
     failure seen elsewhere); skipped otherwise."""
     seed = os.environ.get("AURORA_DIFF_SEED")
     if seed is None:
         pytest.skip("set AURORA_DIFF_SEED to run one chosen seed")
-    run_workload(int(seed), int(os.environ.get("AURORA_DIFF_STATEMENTS", CI_STATEMENTS)), cluster, tmp_path)
+    run_workload(int(seed), int(os.environ.get("AURORA_DIFF_STATEMENTS", CI_STATEMENTS)),
+                 request.getfixturevalue("cluster"), tmp_path)
