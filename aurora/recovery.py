@@ -123,3 +123,19 @@ def encode_mtr_batch(volume_id, volume_epoch, membership_epoch, batch):
     return _native.encode_batch(volume_id, batch.pg, volume_epoch, membership_epoch, batch.lsns,
                                 batch.prev_lsn_pg, batch.prev_lsn_page, batch.page_nos, batch.types,
                                 batch.flags, batch.payloads)
+
+
+def pgs_below_write_quorum(prev_lsn_pg, member_scls, write_quorum=4):
+    """PGs whose recovered chain is not yet on a write quorum: fewer than ``write_quorum``
+    members report an SCL at or above the PG's last LSN <= VDL (``prev_lsn_pg``).
+
+    Recovery's VCL counts a record seen on any one member of the read quorum, so right after
+    recovery a record at or below VDL may live on a single node.  Until gossip has copied it
+    to a write quorum it is not durable: a writer must not hint VDL or commit on top of it
+    before this returns nothing (found by the simulator; see docs/simulation.md)."""
+    behind = []
+    for pg, last in sorted(prev_lsn_pg.items()):
+        scls = member_scls.get(pg, ())
+        if sum(1 for scl in scls if scl >= last) < write_quorum:
+            behind.append(pg)
+    return behind

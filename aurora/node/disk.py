@@ -280,7 +280,13 @@ class SimDisk:
                         if draw < keep_probability:
                             out[start:end] = new[start:end].ljust(end - start, b"\0")
                         elif draw < keep_probability + scramble_probability:
-                            out[start:end] = rng.randbytes(end - start)
+                            # A torn sector: the bytes being written are garbage; bytes that
+                            # were durable and not rewritten stay (sector writes never
+                            # damage data they do not change).
+                            fresh = new[start:end].ljust(end - start, b"\0")
+                            noise = rng.randbytes(end - start)
+                            out[start:end] = bytes(o if n == o else g for o, n, g in
+                                                   zip(out[start:end], fresh, noise))
                 f.data = SimMapping(out)
                 f.data.file = f
             f.durable = bytes(f.data)
