@@ -13,7 +13,8 @@ Recovery (DESIGN.md invariant 6) with dense LSNs needs no redo replay:
 3. VCL is the end of the run of LSNs above the base that all exist (or lie in a range an
    earlier recovery voided); VDL the highest CPL at or below it;
 4. everything in (VDL, VDL + LAL] is truncated under a new volume epoch: no LSN above it was
-   ever handed out (LAL back-pressure), so the new writer starts at VDL + LAL + 1.
+   ever handed out (LAL back-pressure), so the new writer starts at VDL + LAL + 1 (or above
+   the end of an earlier truncation range, if one reaches further).
 """
 import collections
 
@@ -90,7 +91,12 @@ def compute_recovery(members, listings, base, truncations, lal, read_quorum=READ
     for pg in members:
         below = [lsn for lsn, (g, _, _) in present.items() if g == pg and lsn <= vdl]
         prev_lsn_pg[pg] = max(below) if below else last_below.get(pg, 0)
-    return Recovery(base, vcl, vdl, prev_lsn_pg, vdl, vdl + lal, len(present))
+    # Nodes drop every LSN of every recorded truncation range for good, so the new writer
+    # must start above all of them: an earlier recovery may have found a higher VDL from
+    # records a later read quorum no longer sees (they were on too few members to be
+    # durable), and its range can reach past this one's VDL + LAL (found by the simulator).
+    through = max([vdl + lal] + [t for _, t in void if t > vdl])
+    return Recovery(base, vcl, vdl, prev_lsn_pg, vdl, through, len(present))
 
 
 def build_mtr_batches(records, next_lsn, prev_lsn_pg):
