@@ -110,3 +110,26 @@ def test_sim_disk_torn_sector_never_damages_durable_bytes():
     disk.pwrite(fd, b"y" * 100, 100)       # same sector, never synced
     disk.crash(random.Random(3), keep_probability=0.0, scramble_probability=1.0)
     assert disk.read_file("/d/log")[:100] == b"x" * 100
+
+
+def test_segment_appends_after_a_damaged_log_header():
+    """Found by the simulator (swarm seed 30059): a bit flip in a log file header made the
+    restart scan skip the file and every later append fail to create it again."""
+    from aurora.node.segment import Segment
+    from aurora.testing import RedoWorkload
+    disk = SimDisk()
+    disk.makedirs("/n/pg-0")
+    segment = Segment("/n/pg-0", 1, 0, 4096, 64, 64 * 1024, disk)
+    workload = RedoWorkload()
+    batch = workload.batch(workload.records(3))
+    from aurora import _native
+    segment.append(batch, _native.decode_batch(batch)[1])
+    segment.sync()
+    f = disk.names["/n/pg-0/log-00000001.aur"]
+    f.data[20] ^= 1
+    f.sync()
+    segment = Segment("/n/pg-0", 1, 0, 4096, 64, 64 * 1024, disk)
+    assert segment.state["needs_repair"]
+    batch = workload.batch(workload.records(2))
+    assert segment.append(batch, _native.decode_batch(batch)[1]) == 2
+    assert "log-00000002.aur" in disk.listdir("/n/pg-0")

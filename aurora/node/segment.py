@@ -145,6 +145,7 @@ class Segment:
         self.pages_per_pg = pages_per_pg
         self.log_file_bytes = max(log_file_bytes, 2 * (RECORD_HEADER_SIZE + page_size) + LOG_HEADER_SIZE)
         self.files = []           # LogFile, in sequence order
+        self.seq_on_disk = 0      # highest log sequence on disk, damaged files included
         self.records = {}         # lsn -> log sequence << 40 | offset (see _entry)
         self.files_by_seq = {}
         self.page_chains = {}     # page_no -> sorted LSNs of that page's records
@@ -258,6 +259,7 @@ class Segment:
         names = sorted(n for n in self.disk.listdir(self.directory) if n.startswith("log-") and n.endswith(".aur"))
         for n, name in enumerate(names):
             seq = int(name[4:12])
+            self.seq_on_disk = max(self.seq_on_disk, seq)
             path = os.path.join(self.directory, name)
             try:
                 log = LogFile.open(path, seq, self.volume_id, self.pg, self.disk)
@@ -513,7 +515,10 @@ class Segment:
     def _log_for(self, length):
         if self.files and self.files[-1].room() >= length:
             return self.files[-1]
-        seq = self.files[-1].seq + 1 if self.files else 1
+        # Above every file on disk: one whose header is damaged is not in self.files, but its
+        # name is taken (found by the simulator: a flipped header bit blocked every append).
+        seq = max(self.files[-1].seq if self.files else 0, self.seq_on_disk) + 1
+        self.seq_on_disk = seq
         log = LogFile.create(self._log_path(seq), seq, self.log_file_bytes, self.volume_id, self.pg, self.disk)
         self.files.append(log)
         self.files_by_seq[seq] = log
