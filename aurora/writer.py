@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from aurora import _native, errors, protocol as p
+from aurora import _native, errors, protocol as p, recovery
 from aurora.client import NodeClient
 from aurora.node.core import TRUNCATION_ENTRY
 from aurora.node.server import parse_address
@@ -538,7 +538,6 @@ class Volume:
         PG's members, find VCL and VDL from the dense LSN sequence, truncate everything above
         VDL (up to VDL + LAL) under a new epoch on a write quorum, and start above it."""
         meta = self.meta
-        void = [(a, t) for a, t in meta["truncations"]]
         # Round 1: every member's SCL and VDL hint.  Everything <= the highest hint is durable.
         answers = {}
         for pg, ids in self.members.items():
@@ -552,22 +551,21 @@ class Volume:
             got = [n for n in ids if (pg, n) in answers]
             if len(got) < READ_QUORUM:
                 raise self._quorum_lost(pg, [n for n in ids if n not in got], READ_QUORUM, "recovery")
-        base = max([a[1] for a in answers.values()] + [0])
+        base = recovery.recovery_base(a[1] for a in answers.values())
         # Round 2: every record above the base, from a read quorum of each PG.
-        present = {}          # lsn -> (pg, prev_lsn_pg, flags)
-        last_below = {}       # pg -> highest LSN <= base held by a responder
+        listings = {}         # pg -> {node id: MemberListing}
         for pg, ids in self.members.items():
             responded = 0
             for node_id in ids:
+                listing = listings.setdefault(pg, {})[node_id] = recovery.MemberListing()
                 try:
                     with self.links[node_id].client() as client:
                         after = base
                         for _ in range(RECOVERY_ROUNDS_MAX):
                             scl, hint, below, entries = client.list_records(pg, after, LIST_PAGE_RECORDS)
                             if after == base:
-                                last_below[pg] = max(last_below.get(pg, 0), below)
-                            for lsn, prev, flags in entries:
-                                present[lsn] = (pg, prev, flags)
+                                listing.last_at_or_below = max(listing.last_at_or_below, below)
+                            listing.entries.extend(entries)
                             if len(entries) < LIST_PAGE_RECORDS:
                                 break
                             after = entries[-1][0]
@@ -576,32 +574,11 @@ class Volume:
                     continue
             if responded < READ_QUORUM:
                 raise self._quorum_lost(pg, ids, READ_QUORUM, "recovery")
-        # VCL: the end of the run of LSNs above the base that all exist (or were voided by an
-        # earlier recovery); VDL: the highest CPL at or below it.
-        vcl = base
-        vdl = base
-        rounds = 0
-        while rounds < len(present) + len(void) + 1:
-            rounds += 1
-            nxt = vcl + 1
-            skipped = False
-            for after, through in void:
-                if after < nxt <= through:
-                    vcl = through
-                    skipped = True
-            if skipped:
-                continue
-            entry = present.get(nxt)
-            if entry is None:
-                break
-            vcl = nxt
-            if entry[2] & _native.FLAG_CPL:
-                vdl = nxt
-        prev_lsn_pg = {}
-        for pg in self.members:
-            below = [lsn for lsn, (g, _, _) in present.items() if g == pg and lsn <= vdl]
-            prev_lsn_pg[pg] = max(below) if below else last_below.get(pg, 0)
-        through = vdl + self.lal
+        # The decisions (VCL, VDL, backlinks, truncation range) are sans-IO, shared with the
+        # simulator (aurora/recovery.py).
+        result = recovery.compute_recovery(self.members, listings, base, meta["truncations"], self.lal)
+        vcl, vdl, prev_lsn_pg = result.vcl, result.vdl, result.prev_lsn_pg
+        through = result.truncate_through
         new_meta = dict(meta)
         new_meta["epoch"] = meta["epoch"] + 1
         new_meta["truncations"] = meta["truncations"] + [[vdl, through]]
@@ -625,7 +602,7 @@ class Volume:
         # is through + 1.
         self._start(vdl=through, next_lsn=through + 1, prev_lsn_pg=prev_lsn_pg)
         self.recovery = {"created": False, "base": base, "vcl": vcl, "vdl": vdl,
-                         "records_listed": len(present), "truncated": [vdl, through], "epoch": self.epoch}
+                         "records_listed": result.records_listed, "truncated": [vdl, through], "epoch": self.epoch}
 
     def _set_epoch_body(self):
         return p.SET_EPOCH_BODY.pack(self.epoch, self.membership_epoch) + b"".join(
@@ -778,31 +755,21 @@ class Volume:
             # Records are grouped by PG and LSNs allocated in that order, so each PG's batch is
             # one increasing run; the MTR's last record, the CPL, closes the whole MTR.
             records.sort(key=lambda r: (r[0], r[1]))
-            by_pg = collections.OrderedDict()
             for r in records:
                 self._ensure_pg(r[0])
-                by_pg.setdefault(r[0], []).append(r)
-            lsn = self.next_lsn
-            cpl = lsn + count - 1
-            for pg, rows in by_pg.items():
-                lsns, prev_pg, prev_page, pages, types, flags, payloads = [], [], [], [], [], [], []
-                for _, page_no, rtype, payload, new, old_lsn in rows:
-                    lsns.append(lsn)
-                    prev_pg.append(self.prev_lsn_pg.get(pg, 0))
-                    prev_page.append(old_lsn)
-                    pages.append(page_no)
-                    types.append(rtype)
-                    flags.append(_native.FLAG_CPL if lsn == cpl else 0)
-                    payloads.append(payload)
-                    self.prev_lsn_pg[pg] = lsn
-                    self.pool.put(page_no, new, lsn, self.tracker.vdl)
-                    lsn += 1
-                batch = _native.encode_batch(self.volume_id, pg, self.epoch, self.membership_epoch,
-                                             lsns, prev_pg, prev_page, pages, types, flags, payloads)
-                self.tracker.sent(pg, np.array(lsns, dtype=np.uint64),
-                                  np.array([f & _native.FLAG_CPL for f in flags], dtype=np.uint8))
-                self._remember_range(pg, lsns[0], lsns[-1])
-                self._ship(pg, lsns[0], lsns[-1], batch)
+            images = {r[1]: r[4] for r in records}
+            cpl, batches = recovery.build_mtr_batches([(pg, page_no, rtype, payload, old_lsn)
+                                                       for pg, page_no, rtype, payload, _, old_lsn in records],
+                                                      self.next_lsn, self.prev_lsn_pg)
+            for b in batches:
+                for lsn, page_no in zip(b.lsns, b.page_nos):
+                    self.pool.put(page_no, images[page_no], lsn, self.tracker.vdl)
+                batch = recovery.encode_mtr_batch(self.volume_id, self.epoch, self.membership_epoch, b)
+                self.tracker.sent(b.pg, np.array(b.lsns, dtype=np.uint64),
+                                  np.array([f & _native.FLAG_CPL for f in b.flags], dtype=np.uint8))
+                self._remember_range(b.pg, b.lsns[0], b.lsns[-1])
+                self._ship(b.pg, b.lsns[0], b.lsns[-1], batch)
+            lsn = cpl + 1
             self.next_lsn = lsn
             self.highest_cpl = cpl
             self.stats["mtrs"] += 1

@@ -13,6 +13,7 @@ import time
 
 from aurora import errors, protocol as p
 from aurora import _native
+from aurora.node.disk import REAL_DISK
 from aurora.node.files import read_json, write_json_durably
 from aurora.node.gossip import accept_gossip_records
 from aurora.node.meta import MetaStore
@@ -43,8 +44,9 @@ class Volume:
     gossip thread outside the node lock), so every write takes ``save_lock`` and writes the
     fields as they are at that moment: the last write always carries the newest epoch."""
 
-    def __init__(self, directory, volume_id, epoch, vdl_hint=0):
+    def __init__(self, directory, volume_id, epoch, vdl_hint=0, disk=REAL_DISK):
         self.directory = directory
+        self.disk = disk
         self.volume_id = volume_id
         self.epoch = epoch
         self.vdl_hint = vdl_hint
@@ -57,26 +59,28 @@ class Volume:
             hint = self.vdl_hint
             write_json_durably(os.path.join(self.directory, "volume.json"),
                                {"volume_id": self.volume_id, "volume_epoch": self.epoch,
-                                "vdl_hint": hint})
+                                "vdl_hint": hint}, self.disk)
             self.vdl_hint_saved = hint
 
 
 class NodeCore:
-    def __init__(self, data_dir, node_id, az, log_file_bytes=LOG_FILE_BYTES_DEFAULT, self_address=None):
+    def __init__(self, data_dir, node_id, az, log_file_bytes=LOG_FILE_BYTES_DEFAULT, self_address=None,
+                 disk=REAL_DISK):
         self.data_dir = data_dir
+        self.disk = disk
         self.node_id = node_id
         self.az = az
         self.log_file_bytes = log_file_bytes
         self.self_address = self_address
         self.volumes = {}
-        self.meta = MetaStore(os.path.join(data_dir, "meta"))
+        self.meta = MetaStore(os.path.join(data_dir, "meta"), disk)
         self.gossip_stats = {"records_accepted": 0, "records_rejected_epoch": 0,
                              "records_rejected_bad": 0}
-        os.makedirs(os.path.join(data_dir, "volumes"), mode=0o700, exist_ok=True)
+        disk.makedirs(os.path.join(data_dir, "volumes"), mode=0o700, exist_ok=True)
         identity_path = os.path.join(data_dir, "node.json")
-        identity = read_json(identity_path)
+        identity = read_json(identity_path, disk=disk)
         if identity is None:
-            write_json_durably(identity_path, {"node_id": node_id, "az": az})
+            write_json_durably(identity_path, {"node_id": node_id, "az": az}, disk)
         elif identity["node_id"] != node_id or identity["az"] != az:
             raise errors.AuroraError(
                 "data directory %s belongs to node %r in %r, not node %r in %r"
@@ -90,23 +94,23 @@ class NodeCore:
 
     def _load(self):
         root = os.path.join(self.data_dir, "volumes")
-        for name in sorted(os.listdir(root)):
-            meta = read_json(os.path.join(root, name, "volume.json"))
+        for name in sorted(self.disk.listdir(root)):
+            meta = read_json(os.path.join(root, name, "volume.json"), disk=self.disk)
             if meta is None:
                 continue
             volume = Volume(os.path.join(root, name), meta["volume_id"], meta["volume_epoch"],
-                            meta.get("vdl_hint", 0))
+                            meta.get("vdl_hint", 0), self.disk)
             self.volumes[volume.volume_id] = volume
-            for entry in sorted(os.listdir(volume.directory)):
+            for entry in sorted(self.disk.listdir(volume.directory)):
                 if not entry.startswith("pg-"):
                     continue
                 seg_dir = os.path.join(volume.directory, entry)
-                state = read_json(os.path.join(seg_dir, "state.json"))
+                state = read_json(os.path.join(seg_dir, "state.json"), disk=self.disk)
                 if state is None:
                     continue
                 pg = int(entry[3:])
                 volume.segments[pg] = Segment(seg_dir, volume.volume_id, pg, state["page_size"],
-                                              state["pages_per_pg"], self.log_file_bytes)
+                                              state["pages_per_pg"], self.log_file_bytes, self.disk)
 
     def segments(self):
         for volume in self.volumes.values():
@@ -260,8 +264,8 @@ class NodeCore:
         volume = self.volumes.get(frame.volume_id)
         if volume is None:
             directory = self._volume_dir(frame.volume_id)
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            volume = Volume(directory, frame.volume_id, frame.volume_epoch)
+            self.disk.makedirs(directory, mode=0o700, exist_ok=True)
+            volume = Volume(directory, frame.volume_id, frame.volume_epoch, disk=self.disk)
             volume.save()
             self.volumes[frame.volume_id] = volume
         else:
@@ -269,7 +273,7 @@ class NodeCore:
         segment = volume.segments.get(pg)
         if segment is None:
             segment = Segment(os.path.join(volume.directory, "pg-%d" % pg), frame.volume_id, pg,
-                              page_size, pages_per_pg, self.log_file_bytes)
+                              page_size, pages_per_pg, self.log_file_bytes, self.disk)
             segment.set_members(peers or [], frame.membership_epoch)
             volume.segments[pg] = segment
         elif segment.page_size != page_size or segment.pages_per_pg != pages_per_pg:

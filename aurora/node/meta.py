@@ -24,7 +24,7 @@ import struct
 
 from aurora import errors
 from aurora._native import crc32c
-from aurora.node.files import fsync_directory
+from aurora.node.disk import REAL_DISK
 
 META_FILE_HEADER = struct.Struct("<IIQHI")
 META_MAGIC = 0x4D525541  # "AURM"
@@ -39,9 +39,10 @@ def _mask(crc):
 class MetaStore:
     """Versioned metadata entries of one node.  Not thread-safe: the node's lock guards it."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, disk=REAL_DISK):
         self.directory = directory
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.disk = disk
+        disk.makedirs(directory, mode=0o700, exist_ok=True)
         self._cache = {}   # key bytes -> (version, value bytes)
 
     def _path(self, key):
@@ -55,8 +56,7 @@ class MetaStore:
             return cached
         path = self._path(key)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = self.disk.read_file(path)
         except FileNotFoundError:
             return 0, b""
         entry = _decode(data, key, path)
@@ -79,16 +79,17 @@ class MetaStore:
         data = struct.pack("<II", META_MAGIC, _mask(crc32c(body))) + body
         path = self._path(key)
         tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        disk = self.disk
+        fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+                view = view[disk.write(fd, view):]
+            disk.fsync(fd)
         finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        fsync_directory(self.directory)
+            disk.close(fd)
+        disk.replace(tmp, path)
+        disk.fsync_directory(self.directory)
         self._cache[key] = (version, bytes(value))
         return version
 

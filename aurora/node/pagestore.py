@@ -16,13 +16,12 @@ the middle leaves a slot that reads as free, never as a torn page.  A slot whose
 in use but whose CRC fails is corruption: it is reported and never served.
 """
 import hashlib
-import mmap
 import os
 import struct
 
 from aurora import errors
 from aurora._native import crc32c
-from aurora.node.files import fsync_directory
+from aurora.node.disk import REAL_DISK
 
 FILE_HEADER = struct.Struct("<IHHIIQIIQ")  # magic, version, flags, crc, page_size, volume, pg, reserved, reserved
 FILE_HEADER_SIZE = 64
@@ -58,7 +57,8 @@ def _journal_snapshot(store):
 class PageStore:
     """Page versions of one segment.  Not thread-safe: the node's loop owns it."""
 
-    def __init__(self, path, volume_id, pg, page_size):
+    def __init__(self, path, volume_id, pg, page_size, disk=REAL_DISK):
+        self.disk = disk
         self.path = path
         self.volume_id = volume_id
         self.pg = pg
@@ -69,13 +69,13 @@ class PageStore:
         self.corrupt_slots = []   # (slot, offset) found by open or scrub
         self.dirty = False
         self.scrub_cursor = 0
-        exists = os.path.exists(path)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        if not exists or os.fstat(self.fd).st_size == 0:
+        exists = disk.exists(path)
+        self.fd = disk.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        if not exists or disk.file_size(self.fd) == 0:
             self._create()
-        size = os.fstat(self.fd).st_size
+        size = disk.file_size(self.fd)
         self.capacity = (size - FILE_HEADER_SIZE) // self.slot_size
-        self.mm = mmap.mmap(self.fd, size)
+        self.mm = disk.mmap(self.fd, size)
         self._check_header()
         self._load()
 
@@ -83,14 +83,14 @@ class PageStore:
 
     def _create(self):
         size = FILE_HEADER_SIZE + SLOTS_INITIAL * self.slot_size
-        os.ftruncate(self.fd, size)
+        self.disk.ftruncate(self.fd, size)
         header = bytearray(FILE_HEADER_SIZE)
         FILE_HEADER.pack_into(header, 0, FILE_MAGIC, FILE_VERSION, 0, 0, self.page_size,
                               self.volume_id, self.pg, 0, 0)
         struct.pack_into("<I", header, 8, _mask(crc32c(memoryview(header)[12:])))
-        os.pwrite(self.fd, bytes(header), 0)
-        os.fsync(self.fd)
-        fsync_directory(os.path.dirname(self.path))
+        self.disk.pwrite(self.fd, bytes(header), 0)
+        self.disk.fsync(self.fd)
+        self.disk.fsync_directory(os.path.dirname(self.path))
 
     def _check_header(self):
         if len(self.mm) < FILE_HEADER_SIZE:
@@ -139,8 +139,8 @@ class PageStore:
         new = max(old * 2, SLOTS_INITIAL)   # a file cut short to its header has 0 slots
         self.mm.flush()
         self.mm.close()
-        os.ftruncate(self.fd, FILE_HEADER_SIZE + new * self.slot_size)
-        self.mm = mmap.mmap(self.fd, FILE_HEADER_SIZE + new * self.slot_size)
+        self.disk.ftruncate(self.fd, FILE_HEADER_SIZE + new * self.slot_size)
+        self.mm = self.disk.mmap(self.fd, FILE_HEADER_SIZE + new * self.slot_size)
         self.capacity = new
         self.free_slots.extend(range(new - 1, old - 1, -1))
 
@@ -222,7 +222,7 @@ class PageStore:
     def sync(self):
         if self.dirty:
             self.dirty = False
-            os.fdatasync(self.fd)
+            self.disk.fdatasync(self.fd)
             if SYNC_JOURNAL:
                 _journal_snapshot(self)
 
@@ -249,4 +249,4 @@ class PageStore:
             self.sync()
         finally:
             self.mm.close()
-            os.close(self.fd)
+            self.disk.close(self.fd)

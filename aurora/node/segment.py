@@ -16,7 +16,6 @@ import bisect
 import collections
 import gc
 import itertools
-import mmap
 import os
 import struct
 
@@ -24,7 +23,8 @@ import numpy as np
 
 from aurora import errors
 from aurora import _native
-from aurora.node.files import fsync_directory, preallocate, read_json, write_json_durably
+from aurora.node.disk import REAL_DISK
+from aurora.node.files import read_json, write_json_durably
 from aurora.node.pagestore import PageStore
 
 LOG_HEADER = struct.Struct("<IHHIIQIIQ")  # magic, version, flags, crc, reserved, volume, pg, reserved, seq
@@ -86,7 +86,8 @@ class ReadPointRefused(errors.AuroraError):
 class LogFile:
     """One preallocated, memory-mapped log file."""
 
-    def __init__(self, path, seq, fd, mm, size):
+    def __init__(self, path, seq, fd, mm, size, disk=REAL_DISK):
+        self.disk = disk
         self.path = path
         self.seq = seq
         self.fd = fd
@@ -97,26 +98,26 @@ class LogFile:
         self.synced_tail = LOG_HEADER_SIZE
 
     @classmethod
-    def create(cls, path, seq, size, volume_id, pg):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        preallocate(fd, size)
+    def create(cls, path, seq, size, volume_id, pg, disk=REAL_DISK):
+        fd = disk.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        disk.preallocate(fd, size)
         header = bytearray(LOG_HEADER_SIZE)
         LOG_HEADER.pack_into(header, 0, LOG_MAGIC, LOG_VERSION, 0, 0, 0, volume_id, pg, 0, seq)
         struct.pack_into("<I", header, 8, _mask(_native.crc32c(memoryview(header)[12:])))
-        os.pwrite(fd, bytes(header), 0)
-        os.fsync(fd)
-        fsync_directory(os.path.dirname(path))
-        return cls(path, seq, fd, mmap.mmap(fd, size), size)
+        disk.pwrite(fd, bytes(header), 0)
+        disk.fsync(fd)
+        disk.fsync_directory(os.path.dirname(path))
+        return cls(path, seq, fd, disk.mmap(fd, size), size, disk)
 
     @classmethod
-    def open(cls, path, seq, volume_id, pg):
-        fd = os.open(path, os.O_RDWR)
-        size = os.fstat(fd).st_size
+    def open(cls, path, seq, volume_id, pg, disk=REAL_DISK):
+        fd = disk.open(path, os.O_RDWR)
+        size = disk.file_size(fd)
         if size < LOG_HEADER_SIZE:
-            os.close(fd)
+            disk.close(fd)
             raise errors.CorruptionError("log file is shorter than its header", path, 0)
-        mm = mmap.mmap(fd, size)
-        self = cls(path, seq, fd, mm, size)
+        mm = disk.mmap(fd, size)
+        self = cls(path, seq, fd, mm, size, disk)
         magic, version, flags, crc, _, volume, file_pg, _, file_seq = LOG_HEADER.unpack_from(mm)
         if magic != LOG_MAGIC or _mask(_native.crc32c(memoryview(mm)[12:LOG_HEADER_SIZE])) != crc:
             self.close()
@@ -140,23 +141,25 @@ class LogFile:
 
     def close(self):
         self.mm.close()
-        os.close(self.fd)
+        self.disk.close(self.fd)
 
 
 class Segment:
     """The log, index and pages of one (volume, PG) on this node."""
 
     def __init__(self, directory, volume_id, pg, page_size, pages_per_pg,
-                 log_file_bytes=LOG_FILE_BYTES_DEFAULT):
+                 log_file_bytes=LOG_FILE_BYTES_DEFAULT, disk=REAL_DISK):
         if log_file_bytes < LOG_FILE_BYTES_MIN:
             raise ValueError("log files must be at least %d bytes" % LOG_FILE_BYTES_MIN)
         self.directory = directory
+        self.disk = disk
         self.volume_id = volume_id
         self.pg = pg
         self.page_size = page_size
         self.pages_per_pg = pages_per_pg
         self.log_file_bytes = max(log_file_bytes, 2 * (RECORD_HEADER_SIZE + page_size) + LOG_HEADER_SIZE)
         self.files = []           # LogFile, in sequence order
+        self.seq_on_disk = 0      # highest log sequence on disk, damaged files included
         self.records = {}         # lsn -> log sequence << 40 | offset (see _entry)
         self.files_by_seq = {}
         self.page_chains = {}     # page_no -> sorted LSNs of that page's records
@@ -176,13 +179,13 @@ class Segment:
         self.damaged_lsns = set() # indexed records whose bytes failed a CRC since (scrub or read)
         self.repair = {"records_fetched": 0, "records_replaced": 0, "pages_rebuilt": 0,
                        "pages_fetched": 0, "slots_freed": 0, "repairs_completed": 0}
-        state = read_json(self._state_path())
+        state = read_json(self._state_path(), disk=disk)
         if state is None:
             state = {"page_size": page_size, "pages_per_pg": pages_per_pg, "membership_epoch": 0,
                      "truncations": [], "lwm": 0, "materialized_lsn": 0, "gc_lsn": 0,
                      "needs_repair": False, "peers": [], "repaired_damage": [], "repair_history": []}
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            write_json_durably(self._state_path(), state)
+            disk.makedirs(directory, mode=0o700, exist_ok=True)
+            write_json_durably(self._state_path(), state, disk)
         elif state["page_size"] != page_size or state["pages_per_pg"] != pages_per_pg:
             raise errors.CorruptionError("segment geometry on disk (%d-byte pages, %d per PG) differs "
                                          "from the request (%d, %d)" % (state["page_size"], state["pages_per_pg"],
@@ -193,7 +196,7 @@ class Segment:
         state.setdefault("repaired_damage", [])
         state.setdefault("repair_history", [])
         self.state = state
-        self.pages = PageStore(os.path.join(directory, "pages.aur"), volume_id, pg, page_size)
+        self.pages = PageStore(os.path.join(directory, "pages.aur"), volume_id, pg, page_size, disk)
         for slot, offset in self.pages.corrupt_slots:
             self._report("pages.aur@%d: page version in slot %d failed its CRC" % (offset, slot))
         self._scan_logs()
@@ -204,7 +207,7 @@ class Segment:
         return os.path.join(self.directory, "state.json")
 
     def _save_state(self):
-        write_json_durably(self._state_path(), self.state)
+        write_json_durably(self._state_path(), self.state, self.disk)
 
     @property
     def lwm(self):
@@ -267,12 +270,13 @@ class Segment:
                 gc.enable()
 
     def _scan_all_logs(self):
-        names = sorted(n for n in os.listdir(self.directory) if n.startswith("log-") and n.endswith(".aur"))
+        names = sorted(n for n in self.disk.listdir(self.directory) if n.startswith("log-") and n.endswith(".aur"))
         for n, name in enumerate(names):
             seq = int(name[4:12])
+            self.seq_on_disk = max(self.seq_on_disk, seq)
             path = os.path.join(self.directory, name)
             try:
-                log = LogFile.open(path, seq, self.volume_id, self.pg)
+                log = LogFile.open(path, seq, self.volume_id, self.pg, self.disk)
             except errors.AuroraError as exc:
                 self._report_damage(name, 0, "%s@0: %s" % (name, exc))
                 continue
@@ -565,8 +569,11 @@ class Segment:
     def _log_for(self, length):
         if self.files and self.files[-1].room() >= length:
             return self.files[-1]
-        seq = self.files[-1].seq + 1 if self.files else 1
-        log = LogFile.create(self._log_path(seq), seq, self.log_file_bytes, self.volume_id, self.pg)
+        # Above every file on disk: one whose header is damaged is not in self.files, but its
+        # name is taken (found by the simulator: a flipped header bit blocked every append).
+        seq = max(self.files[-1].seq if self.files else 0, self.seq_on_disk) + 1
+        self.seq_on_disk = seq
+        log = LogFile.create(self._log_path(seq), seq, self.log_file_bytes, self.volume_id, self.pg, self.disk)
         self.files.append(log)
         self.files_by_seq[seq] = log
         return log
@@ -584,7 +591,7 @@ class Segment:
 
     def sync(self):
         for fd in self.dirty_fds():
-            os.fdatasync(fd)
+            self.disk.fdatasync(fd)
 
     # ---- reads -------------------------------------------------------------------------
 
@@ -950,8 +957,8 @@ class Segment:
             self.files.remove(log)
             del self.files_by_seq[log.seq]
             log.close()
-            os.unlink(log.path)
-            fsync_directory(self.directory)
+            self.disk.unlink(log.path)
+            self.disk.fsync_directory(self.directory)
             deleted += 1
         return dropped, deleted
 

@@ -1,0 +1,86 @@
+"""Command line: run seeds, print the first failing seed with its replay command."""
+import argparse
+import multiprocessing
+import sys
+import time
+
+from aurora.sim.bugs import BUGS, active_bug
+from aurora.sim.world import Violation, run_seed
+
+
+def replay_command(seed, swarm, bug):
+    return "python -m aurora.sim --seed %d%s%s" % (seed, " --swarm" if swarm else "",
+                                                   " --bug %s" % bug if bug else "")
+
+
+def check_seed(args):
+    """(seed, None) or (seed, violation message); picklable for the worker pool."""
+    seed, swarm, bug = args
+    try:
+        run_seed(seed, swarm, bug)
+        return seed, None
+    except Violation as exc:
+        return seed, str(exc)
+    except Exception as exc:   # a crash of the simulator or of the code under test
+        return seed, "%s: %s" % (type(exc).__name__, exc)
+
+
+def run_seeds(first, count, swarm=False, bug=None, workers=1, stop_at_first=True):
+    """Run seeds first..first+count-1; returns (seeds run, [(seed, message)])."""
+    jobs = [(seed, swarm, bug) for seed in range(first, first + count)]
+    failures = []
+    ran = 0
+    if workers <= 1:
+        results = map(check_seed, jobs)
+        pool = None
+    else:
+        pool = multiprocessing.get_context("fork").Pool(workers)
+        results = pool.imap(check_seed, jobs, chunksize=8)
+    try:
+        for seed, message in results:
+            ran += 1
+            if message is not None:
+                failures.append((seed, message))
+                if stop_at_first:
+                    break
+    finally:
+        if pool is not None:
+            pool.terminate()
+    return ran, failures
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m aurora.sim", description=__doc__)
+    parser.add_argument("--seeds", type=int, default=None, help="how many seeds to run (default 1 with --seed, else 100)")
+    parser.add_argument("--seed", type=int, default=None, help="the (first) seed")
+    parser.add_argument("--swarm", action="store_true", help="each seed draws its own fault probabilities")
+    parser.add_argument("--bug", choices=sorted(BUGS), default=None,
+                        help="plant a known bug (also AURORA_SIM_BUG); the simulator should find it")
+    parser.add_argument("--workers", type=int, default=1, help="processes to run seeds in")
+    parser.add_argument("--keep-going", action="store_true", help="do not stop at the first failing seed")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print each seed's faults and stats")
+    args = parser.parse_args(argv)
+    bug = active_bug(args.bug)
+    first = args.seed if args.seed is not None else 0
+    count = args.seeds if args.seeds is not None else (1 if args.seed is not None else 100)
+    if args.verbose and count == 1:
+        try:
+            world = run_seed(first, args.swarm, bug)
+            print("seed %d ok: %s\nfaults: %s" % (first, world.stats, world.faults.describe()))
+            return 0
+        except Violation as exc:
+            print("seed %d FAILED: %s\nreplay: %s" % (first, exc, replay_command(first, args.swarm, bug)))
+            return 1
+    started = time.monotonic()
+    ran, failures = run_seeds(first, count, args.swarm, bug, args.workers, not args.keep_going)
+    elapsed = time.monotonic() - started
+    for seed, message in failures:
+        print("seed %d FAILED: %s\nreplay: %s" % (seed, message, replay_command(seed, args.swarm, bug)))
+    print("%d seeds in %.1f s (%.0f seeds/minute), %d failed%s"
+          % (ran, elapsed, ran / elapsed * 60 if elapsed else 0, len(failures),
+             "; planted bug: %s" % bug if bug else ""))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
