@@ -30,6 +30,7 @@ import socket
 import struct
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -56,6 +57,8 @@ RETAINED_BYTES_MAX = 64 * 1024 * 1024      # redo kept for resending to members 
 LIST_PAGE_RECORDS = 65536
 RECOVERY_ROUNDS_MAX = 10_000              # bound on LIST_RECORDS paging per member
 META_KEY_PREFIX = "volume/"
+RECOVERY_PARALLEL_MAX = 16                # recovery requests in flight at once
+RECOVERY_POLL_S = 0.02                    # while waiting for gossip to re-replicate recovered redo
 PG_RANGES_MAX = 1 << 22
 READERS_PRUNE_EVERY = 32                  # look for connections of finished threads this often                   # batch LSN ranges remembered per PG for read points
 RECV_BYTES = 1 << 20
@@ -539,14 +542,13 @@ class Volume:
         VDL (up to VDL + LAL) under a new epoch on a write quorum, and start above it."""
         meta = self.meta
         # Round 1: every member's SCL and VDL hint.  Everything <= the highest hint is durable.
-        answers = {}
-        for pg, ids in self.members.items():
-            for node_id in ids:
-                try:
-                    with self.links[node_id].client() as client:
-                        answers[pg, node_id] = client.list_records(pg, _native.LSN_MAX, 0)
-                except (OSError, errors.AuroraError):
-                    continue
+        pairs = [(pg, n) for pg, ids in self.members.items() for n in ids]
+
+        def first_round(pair):
+            with self.links[pair[1]].client() as client:
+                return client.list_records(pair[0], _native.LSN_MAX, 0)
+
+        answers = {pair: a for pair, a in zip(pairs, self._on_each(pairs, first_round)) if a is not None}
         for pg, ids in self.members.items():
             got = [n for n in ids if (pg, n) in answers]
             if len(got) < READ_QUORUM:
@@ -554,26 +556,30 @@ class Volume:
         base = recovery.recovery_base(a[1] for a in answers.values())
         # Round 2: every record above the base, from a read quorum of each PG.
         listings = {}         # pg -> {node id: MemberListing}
+
+        def second_round(pair):
+            pg, node_id = pair
+            listing = recovery.MemberListing()
+            with self.links[node_id].client() as client:
+                after = base
+                for _ in range(RECOVERY_ROUNDS_MAX):
+                    scl, hint, below, entries = client.list_records(pg, after, LIST_PAGE_RECORDS)
+                    if after == base:
+                        listing.last_at_or_below = max(listing.last_at_or_below, below)
+                    listing.entries.extend(entries)
+                    if len(entries) < LIST_PAGE_RECORDS:
+                        break
+                    after = entries[-1][0]
+            return listing
+
+        for (pg, node_id), listing in zip(pairs, self._on_each(pairs, second_round)):
+            listings.setdefault(pg, {})
+            if listing is not None:
+                listings[pg][node_id] = listing
         for pg, ids in self.members.items():
-            responded = 0
-            for node_id in ids:
-                listing = listings.setdefault(pg, {})[node_id] = recovery.MemberListing()
-                try:
-                    with self.links[node_id].client() as client:
-                        after = base
-                        for _ in range(RECOVERY_ROUNDS_MAX):
-                            scl, hint, below, entries = client.list_records(pg, after, LIST_PAGE_RECORDS)
-                            if after == base:
-                                listing.last_at_or_below = max(listing.last_at_or_below, below)
-                            listing.entries.extend(entries)
-                            if len(entries) < LIST_PAGE_RECORDS:
-                                break
-                            after = entries[-1][0]
-                    responded += 1
-                except (OSError, errors.AuroraError):
-                    continue
-            if responded < READ_QUORUM:
-                raise self._quorum_lost(pg, ids, READ_QUORUM, "recovery")
+            if len(listings.get(pg, {})) < READ_QUORUM:
+                raise self._quorum_lost(pg, [n for n in ids if n not in listings.get(pg, {})],
+                                        READ_QUORUM, "recovery")
         # The decisions (VCL, VDL, backlinks, truncation range) are sans-IO, shared with the
         # simulator (aurora/recovery.py).
         result = recovery.compute_recovery(self.members, listings, base, meta["truncations"], self.lal)
@@ -586,23 +592,64 @@ class Volume:
         # The new epoch and the truncation are durable on the nodes before the first write.
         meta_write(self._all_links(), key, self.meta_version, new_meta)
         body = self._set_epoch_body()
+
+        def set_epoch(node_id):
+            with self.links[node_id].client() as client:
+                client.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK, volume_epoch=self.epoch)
+
+        nodes = sorted({n for ids in self.members.values() for n in ids})
+        done = {n for n, ok in zip(nodes, self._on_each(nodes, set_epoch)) if ok is not None}
         for pg, ids in self.members.items():
-            done = []
-            for node_id in ids:
-                try:
-                    with self.links[node_id].client() as client:
-                        client.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK, volume_epoch=self.epoch)
-                    done.append(node_id)
-                except (OSError, errors.AuroraError):
-                    continue
-            if len(done) < WRITE_QUORUM:
+            if len([n for n in ids if n in done]) < WRITE_QUORUM:
                 raise self._quorum_lost(pg, [n for n in ids if n not in done], WRITE_QUORUM, "recovery")
+        self._await_recovered_quorum(prev_lsn_pg)
         # Every LSN up to `through` is now durable or void, so the new writer starts there:
         # its VDL begins at `through` (LAL back-pressure counts from it) and its first record
         # is through + 1.
         self._start(vdl=through, next_lsn=through + 1, prev_lsn_pg=prev_lsn_pg)
         self.recovery = {"created": False, "base": base, "vcl": vcl, "vdl": vdl,
                          "records_listed": result.records_listed, "truncated": [vdl, through], "epoch": self.epoch}
+
+    def _on_each(self, node_ids, fn):
+        """``fn(node_id)`` for every node at once (recovery's round trips are independent);
+        a list of results in the same order, None where the node failed."""
+        def guarded(node_id):
+            try:
+                result = fn(node_id)
+                return True if result is None else result
+            except (OSError, errors.AuroraError):
+                return None
+        if not node_ids:
+            return []
+        with ThreadPoolExecutor(max_workers=min(RECOVERY_PARALLEL_MAX, len(node_ids))) as pool:
+            return list(pool.map(guarded, node_ids))
+
+    def _await_recovered_quorum(self, prev_lsn_pg):
+        """Recovery counts a record seen on any one member of a read quorum; until gossip has
+        copied the recovered chain of every PG to a write quorum it is not durable, and this
+        writer must neither hint VDL nor commit on top of it (found by the simulator)."""
+        deadline = time.monotonic() + self.commit_timeout
+        while True:
+            pairs = [(pg, n) for pg, ids in self.members.items() for n in ids]
+
+            def scl_of(pair):
+                with self.links[pair[1]].client() as client:
+                    return client.list_records(pair[0], _native.LSN_MAX, 0)[0]
+
+            answers = self._on_each(pairs, scl_of)
+            member_scls = collections.defaultdict(list)
+            for (pg, _), scl in zip(pairs, answers):
+                if scl is not None and scl is not True:
+                    member_scls[pg].append(scl)
+            behind = recovery.pgs_below_write_quorum(prev_lsn_pg, member_scls, WRITE_QUORUM)
+            if not behind:
+                return
+            if time.monotonic() >= deadline:
+                raise errors.QuorumLost(
+                    "recovery: the recovered redo of PG %s is on fewer than %d members after %.1f s "
+                    "(members down?); it must reach a write quorum before this writer may commit"
+                    % (", ".join(map(str, behind)), WRITE_QUORUM, self.commit_timeout))
+            time.sleep(RECOVERY_POLL_S)
 
     def _set_epoch_body(self):
         return p.SET_EPOCH_BODY.pack(self.epoch, self.membership_epoch) + b"".join(
