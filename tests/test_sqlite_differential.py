@@ -9,7 +9,7 @@ same error; at the end (and again after the volume is reopened, which runs write
 
 The fleet uses 64 pages per PG, so the database spans several PGs.  A failure names the
 seed and the statements that led to it; rerun any seed with
-``AURORA_DIFF_SEED=<seed> pytest tests/test_sqlite_differential.py -k env_seed``.  The long
+``AURORA_DIFF_SEED=<seed> pytest -m slow tests/test_sqlite_differential.py -k env_seed``.  The long
 seeds run with ``-m slow``.
 """
 import os
@@ -348,6 +348,7 @@ def test_same_results_as_a_plain_sqlite_file_long(seed, tmp_path, request):
     run_workload(seed, SLOW_STATEMENTS, request.getfixturevalue("cluster"), tmp_path)
 
 
+@pytest.mark.slow
 def test_env_seed(tmp_path, request):
     """AURORA_DIFF_SEED=<n> [AURORA_DIFF_STATEMENTS=<m>] runs one more seed (reproducing a
     failure seen elsewhere); skipped otherwise."""
