@@ -104,6 +104,7 @@ class Cluster:
                 node_id = "node-%d" % (i + 1)
                 entries.append({"node_id": node_id, "az": az, "data": os.path.join(az, node_id),
                                 "address": "unix:%s/%s.sock" % (socket_dir, node_id)})
+            os.makedirs(socket_dir, mode=0o700, exist_ok=True)
             book = {"nodes": entries, "log_file_bytes": log_file_bytes, "pages_per_pg": pages_per_pg}
             write_json_durably(book_path, book)
         members = []

@@ -59,8 +59,8 @@ def listen(address):
     sock = socket.socket(family, socket.SOCK_STREAM)
     if family == socket.AF_UNIX:
         directory = os.path.dirname(os.path.abspath(sockaddr))
-        if not os.path.isdir(directory):
-            os.makedirs(directory, mode=0o700)
+        # Several nodes of one fleet start at once and share the directory: no check-then-make.
+        os.makedirs(directory, mode=0o700, exist_ok=True)
         if os.path.exists(sockaddr) and stat.S_ISSOCK(os.stat(sockaddr).st_mode):
             os.unlink(sockaddr)   # left by a node that was killed
         old_umask = os.umask(0o177)
