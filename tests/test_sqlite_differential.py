@@ -342,9 +342,7 @@ def test_same_results_as_a_plain_sqlite_file(seed, cluster, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", SLOW_SEEDS)
 def test_same_results_as_a_plain_sqlite_file_long(seed, tmp_path, request):
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("a long run: select it with -m slow")
-    # The fleet only once the test runs: a skipped test starts no node processes.
+    # Deselected by default (pyproject: -m "not slow"); the fleet starts only when it runs.
     run_workload(seed, SLOW_STATEMENTS, request.getfixturevalue("cluster"), tmp_path)
 
 
