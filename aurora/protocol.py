@@ -20,6 +20,7 @@ import json
 import struct
 
 from aurora import errors
+from aurora import _native
 from aurora._native import crc32c
 
 FRAME_MAGIC_HEADER = struct.Struct("<IHHIIQQQ")
@@ -167,12 +168,9 @@ def encode_frame(type, body=b"", request_id=0, volume_id=0, volume_epoch=0,
     header = bytearray(FRAME_MAGIC_HEADER.pack(length, type, 0, 0, request_id, volume_id,
                                                volume_epoch, membership_epoch))
     crc = crc32c(body, crc32c(memoryview(header)[FRAME_CRC_START:]))
-    struct.pack_into("<I", header, 8, _mask(crc))
+    struct.pack_into("<I", header, 8, _native.crc_mask(crc))
     return bytes(header) + bytes(body)
 
-
-def _mask(crc):
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def decode_frame(data):
@@ -189,7 +187,7 @@ def decode_frame(data):
     if length != len(data):
         cls = errors.TruncatedError if length > len(data) else errors.LengthError
         raise cls("frame length field says %d bytes, got %d" % (length, len(data)), 0)
-    if _mask(crc32c(data[FRAME_CRC_START:])) != crc:
+    if _native.crc_mask(crc32c(data[FRAME_CRC_START:])) != crc:
         raise errors.ChecksumError("frame CRC32C mismatch", 8)
     if flags != 0:
         raise errors.FlagsError("frame flags 0x%04x are not zero" % flags, 6)

@@ -23,6 +23,7 @@ import os
 import struct
 
 from aurora import errors
+from aurora import _native
 from aurora._native import crc32c
 from aurora.node.disk import REAL_DISK
 
@@ -31,9 +32,6 @@ META_MAGIC = 0x4D525541  # "AURM"
 META_KEY_BYTES_MAX = 256
 META_VALUE_BYTES_MAX = 1024 * 1024
 
-
-def _mask(crc):
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 class MetaStore:
@@ -76,7 +74,7 @@ class MetaStore:
         if version <= stored:
             return stored
         body = META_FILE_HEADER.pack(META_MAGIC, 0, version, len(key), len(value))[8:] + key + bytes(value)
-        data = struct.pack("<II", META_MAGIC, _mask(crc32c(body))) + body
+        data = struct.pack("<II", META_MAGIC, _native.crc_mask(crc32c(body))) + body
         path = self._path(key)
         tmp = path + ".tmp"
         disk = self.disk
@@ -103,7 +101,7 @@ def _decode(data, key, path):
     if len(data) < META_FILE_HEADER.size:
         raise errors.CorruptionError("metadata file is shorter than its header", path, 0)
     magic, crc, version, key_length, value_length = META_FILE_HEADER.unpack_from(data)
-    if magic != META_MAGIC or _mask(crc32c(memoryview(data)[8:])) != crc:
+    if magic != META_MAGIC or _native.crc_mask(crc32c(memoryview(data)[8:])) != crc:
         raise errors.CorruptionError("metadata file failed its CRC32C", path, 0)
     if META_FILE_HEADER.size + key_length + value_length != len(data):
         raise errors.CorruptionError("metadata file lengths do not add up", path, 16)

@@ -20,6 +20,7 @@ import os
 import struct
 
 from aurora import errors
+from aurora import _native
 from aurora._native import crc32c
 from aurora.node.disk import REAL_DISK
 
@@ -35,9 +36,6 @@ SLOTS_INITIAL = 64
 # Test mode (see segment.py SYNC_JOURNAL): a copy of the file as each sync left it.
 SYNC_JOURNAL = os.environ.get("AURORA_NODE_SYNC_JOURNAL") or None
 
-
-def _mask(crc):
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def synced_copy_path(journal, path):
@@ -87,7 +85,7 @@ class PageStore:
         header = bytearray(FILE_HEADER_SIZE)
         FILE_HEADER.pack_into(header, 0, FILE_MAGIC, FILE_VERSION, 0, 0, self.page_size,
                               self.volume_id, self.pg, 0, 0)
-        struct.pack_into("<I", header, 8, _mask(crc32c(memoryview(header)[12:])))
+        struct.pack_into("<I", header, 8, _native.crc_mask(crc32c(memoryview(header)[12:])))
         self.disk.pwrite(self.fd, bytes(header), 0)
         self.disk.fsync(self.fd)
         self.disk.fsync_directory(os.path.dirname(self.path))
@@ -96,7 +94,7 @@ class PageStore:
         if len(self.mm) < FILE_HEADER_SIZE:
             raise errors.CorruptionError("page store is shorter than its header", self.path, 0)
         magic, version, flags, crc, page_size, volume, pg, _, _ = FILE_HEADER.unpack_from(self.mm)
-        if magic != FILE_MAGIC or _mask(crc32c(memoryview(self.mm)[12:FILE_HEADER_SIZE])) != crc:
+        if magic != FILE_MAGIC or _native.crc_mask(crc32c(memoryview(self.mm)[12:FILE_HEADER_SIZE])) != crc:
             raise errors.CorruptionError("page store header is damaged", self.path, 0)
         if version != FILE_VERSION:
             raise errors.VersionError("page store version %d, this build reads %d"
@@ -128,7 +126,7 @@ class PageStore:
             return None
         view = memoryview(self.mm)[off + 4:off + self.slot_size]
         try:
-            if flags != SLOT_IN_USE or page_size != self.page_size or _mask(crc32c(view)) != crc:
+            if flags != SLOT_IN_USE or page_size != self.page_size or _native.crc_mask(crc32c(view)) != crc:
                 return False
         finally:
             view.release()
@@ -187,7 +185,7 @@ class PageStore:
         off = self._slot_offset(slot)
         self.mm[off + SLOT_HEADER_SIZE:off + self.slot_size] = page
         SLOT_HEADER.pack_into(self.mm, off, 0, 0, page_no, self.page_size, lsn, 0)
-        crc = _mask(crc32c(struct.pack("<I", SLOT_IN_USE) + bytes(self.mm[off + 8:off + self.slot_size])))
+        crc = _native.crc_mask(crc32c(struct.pack("<I", SLOT_IN_USE) + bytes(self.mm[off + 8:off + self.slot_size])))
         # The crc+flags word goes last: until it lands the slot reads as free.
         struct.pack_into("<II", self.mm, off, crc, SLOT_IN_USE)
         self._insert_version(page_no, lsn, slot)

@@ -56,9 +56,6 @@ LOCATION_SEQ_SHIFT = 40                      # index value: log sequence << 40 |
 LOCATION_OFFSET_MASK = (1 << LOCATION_SEQ_SHIFT) - 1
 
 
-def _mask(crc):
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
-
 
 def _first_nonzero(view, start, chunk=1 << 20):
     """Offset of the first non-zero byte at or after ``start``, or None."""
@@ -103,7 +100,7 @@ class LogFile:
         disk.preallocate(fd, size)
         header = bytearray(LOG_HEADER_SIZE)
         LOG_HEADER.pack_into(header, 0, LOG_MAGIC, LOG_VERSION, 0, 0, 0, volume_id, pg, 0, seq)
-        struct.pack_into("<I", header, 8, _mask(_native.crc32c(memoryview(header)[12:])))
+        struct.pack_into("<I", header, 8, _native.crc_mask(_native.crc32c(memoryview(header)[12:])))
         disk.pwrite(fd, bytes(header), 0)
         disk.fsync(fd)
         disk.fsync_directory(os.path.dirname(path))
@@ -119,7 +116,7 @@ class LogFile:
         mm = disk.mmap(fd, size)
         self = cls(path, seq, fd, mm, size, disk)
         magic, version, flags, crc, _, volume, file_pg, _, file_seq = LOG_HEADER.unpack_from(mm)
-        if magic != LOG_MAGIC or _mask(_native.crc32c(memoryview(mm)[12:LOG_HEADER_SIZE])) != crc:
+        if magic != LOG_MAGIC or _native.crc_mask(_native.crc32c(memoryview(mm)[12:LOG_HEADER_SIZE])) != crc:
             self.close()
             raise errors.CorruptionError("log file header is damaged", path, 0)
         if version != LOG_VERSION:
@@ -460,6 +457,14 @@ class Segment:
             else:
                 bisect.insort(ordered, lsn)
 
+    def _unchain(self, page_no, lsn):
+        """Take a dropped record (truncated or garbage-collected) out of its page's chain."""
+        chain = self.page_chains.get(page_no)
+        if chain is not None:
+            chain.remove(lsn)
+            if not chain:
+                del self.page_chains[page_no]
+
     def _entry(self, lsn):
         """(log, offset, length, page_no, type, flags, prev_lsn_pg, prev_lsn_page) of a held
         record, from its header in the log mapping."""
@@ -605,7 +610,7 @@ class Segment:
         must never reach a reader)."""
         view = memoryview(entry[I_FILE].mm)[entry[I_OFFSET]:entry[I_OFFSET] + entry[I_LENGTH]]
         (crc,) = struct.unpack_from("<I", view)
-        if _mask(_native.crc32c(view[4:])) != crc:
+        if _native.crc_mask(_native.crc32c(view[4:])) != crc:
             view.release()
             where = "%s@%d" % (os.path.basename(entry[I_FILE].path), entry[I_OFFSET])
             self._report("%s: record failed its CRC on read" % where)
@@ -854,11 +859,7 @@ class Segment:
                 entry = self._entry(lsn)
                 touched.add(entry[I_FILE])
                 del self.records[lsn]
-                chain = self.page_chains.get(entry[I_PAGE])
-                if chain is not None:
-                    chain.remove(lsn)
-                    if not chain:
-                        del self.page_chains[entry[I_PAGE]]
+                self._unchain(entry[I_PAGE], lsn)
             for log in touched:
                 log.lsns = [l for l in log.lsns if l not in gone]
             del ordered[lo:hi]
@@ -942,11 +943,7 @@ class Segment:
                 entry = self._entry(lsn)
                 del self.records[lsn]
                 self.damaged_lsns.discard(lsn)
-                chain = self.page_chains.get(entry[I_PAGE])
-                if chain is not None:
-                    chain.remove(lsn)
-                    if not chain:
-                        del self.page_chains[entry[I_PAGE]]
+                self._unchain(entry[I_PAGE], lsn)
             if log.lsns:
                 self.state["gc_lsn"] = max(self.state["gc_lsn"], max(log.lsns))
             self.pages.sync()

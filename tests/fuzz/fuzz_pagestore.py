@@ -35,7 +35,7 @@ _root = []
 def file_header():
     header = bytearray(ps.FILE_HEADER_SIZE)
     ps.FILE_HEADER.pack_into(header, 0, ps.FILE_MAGIC, ps.FILE_VERSION, 0, 0, PAGE_SIZE, 1, 0, 0, 0)
-    struct.pack_into("<I", header, 8, ps._mask(_native.crc32c(memoryview(header)[12:])))
+    struct.pack_into("<I", header, 8, _native.crc_mask(_native.crc32c(memoryview(header)[12:])))
     return bytes(header)
 
 

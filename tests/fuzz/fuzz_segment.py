@@ -38,7 +38,7 @@ _root = []
 def log_header(seq=1):
     header = bytearray(seg.LOG_HEADER_SIZE)
     seg.LOG_HEADER.pack_into(header, 0, seg.LOG_MAGIC, seg.LOG_VERSION, 0, 0, 0, VOLUME_ID, PG, 0, seq)
-    struct.pack_into("<I", header, 8, seg._mask(_native.crc32c(memoryview(header)[12:])))
+    struct.pack_into("<I", header, 8, _native.crc_mask(_native.crc32c(memoryview(header)[12:])))
     return bytes(header)
 
 
