@@ -63,6 +63,7 @@ PG_RANGES_MAX = 1 << 22
 READERS_PRUNE_EVERY = 32                  # look for connections of finished threads this often                   # batch LSN ranges remembered per PG for read points
 RECV_BYTES = 1 << 20
 BOXCAR_BYTES_MAX = 8 * 1024 * 1024         # largest batch the sender makes by merging
+APPEND_WINDOW = int(os.environ.get("AURORA_APPEND_WINDOW", "1"))  # boxcars per PG awaiting a quorum
 
 
 # ---- metadata on the nodes, quorum-written ----------------------------------------------------
@@ -241,6 +242,10 @@ class LinkPump:
         self.wake_r.setblocking(False)
         self.selector.register(self.wake_r, selectors.EVENT_READ, None)
         self.registered = {}                 # link -> socket registered with the selector
+        self.next_request_id = 1             # one counter for every link (sender thread only)
+        self.flying = {}                     # pg -> last LSNs of boxcars not yet at a quorum
+        self.round_lock = threading.Lock()   # one send round at a time (sender or a committer)
+        self.held = False                    # a PG's batches wait for its window to open
         self.sender = threading.Thread(target=self._send_loop, name="aurora-sender", daemon=True)
         self.receiver = threading.Thread(target=self._receive_loop, name="aurora-receiver", daemon=True)
 
@@ -282,14 +287,31 @@ class LinkPump:
                 if self.stopping:
                     return
                 self.pending = False
-            for link in self.links:
+            with self.round_lock:
+                self._round(connect=True)
+
+    def kick(self):
+        """Called by a committer right after it handed an MTR to the log: if no round is
+        running, send it from this thread (one thread switch less on the commit path);
+        otherwise make sure the sender runs another round after the current one."""
+        if self.round_lock.acquire(blocking=False):
+            try:
+                self._round(connect=False)
+            finally:
+                self.round_lock.release()
+        else:
+            self.wake_sender()
+
+    def _round(self, connect):
+        shared = self._take_outbox()
+        for link in self.links:
+            if not link.connected:
+                if connect and time.monotonic() >= link.retry_at:
+                    self._connect(link)
                 if not link.connected:
-                    if time.monotonic() >= link.retry_at:
-                        self._connect(link)
-                    if not link.connected:
-                        continue
-                if link.queue:
-                    self._send(link)
+                    continue      # it gets its redo from the retained buffer on reconnect
+            if link.queue or shared:
+                self._send(link, shared)
 
     def _next_retry_in(self):
         waits = [link.retry_at - time.monotonic() for link in self.links if not link.connected]
@@ -299,7 +321,48 @@ class LinkPump:
         now = time.monotonic()
         return any(not link.connected and now >= link.retry_at for link in self.links)
 
-    def _send(self, link):
+    def _take_outbox(self):
+        """Batches shipped since the last round, merged per PG and framed once: the same bytes
+        go to all six members (request ids come from one counter for the whole volume, so
+        they stay unique on every link).
+
+        A PG with APPEND_WINDOW boxcars not yet durable at a write quorum keeps its new
+        batches back until one is: its members are busy syncing those, and whatever queues
+        meanwhile leaves as one boxcar (one frame and one append per member instead of many)
+        when the first ACK that makes room arrives."""
+        v = self.volume
+        outbox = v.outbox
+        shared = []
+        held = False
+        for pg in list(outbox):
+            batches = outbox[pg]
+            if not batches:
+                continue
+            flying = self.flying.setdefault(pg, collections.deque())
+            if flying:
+                pgcl = v.tracker.pgcl(pg)
+                while flying and flying[0] <= pgcl:
+                    flying.popleft()
+            if len(flying) >= APPEND_WINDOW:
+                held = True
+                continue
+            items = []
+            while batches:
+                items.append(batches.popleft())
+            for frame_type, _, body in coalesce_appends(items):
+                request_id = self._request_id()
+                flying.append(BATCH_HEADER.unpack_from(body)[9])     # last LSN
+                shared.append((pg, request_id, body, p.encode_frame(
+                    frame_type, body, request_id, v.volume_id, v.epoch, v.membership_epoch)))
+        self.held = held
+        return shared
+
+    def _request_id(self):
+        request_id = self.next_request_id
+        self.next_request_id = (request_id + 1) & 0xFFFFFFFF or 1
+        return request_id
+
+    def _send(self, link, shared):
         items = []
         while link.queue:
             items.append(link.queue.popleft())
@@ -307,14 +370,22 @@ class LinkPump:
             return
         v = self.volume
         frames = []
+        # The link's own frames first (resends after a reconnect, SET_EPOCH or CREATE_SEGMENT
+        # before the APPEND they unblock), then this round's shared batches.
         for frame_type, pg, body in coalesce_appends(items):
-            request_id = link.next_request_id
-            link.next_request_id = (request_id + 1) & 0xFFFFFFFF or 1
+            request_id = self._request_id()
             link.inflight[request_id] = (frame_type, pg, body)
             frames.append(p.encode_frame(frame_type, body, request_id, v.volume_id, v.epoch,
                                          v.membership_epoch))
+        for pg, request_id, body, frame in shared:
+            if link.node_id in v.member_sets.get(pg, ()):
+                link.inflight[request_id] = (p.FRAME_APPEND, pg, body)
+                frames.append(frame)
+        sock = link.sock
+        if not frames or sock is None:
+            return
         try:
-            link.sock.sendall(b"".join(frames))
+            sock.sendall(frames[0] if len(frames) == 1 else b"".join(frames))
         except OSError as exc:
             self._disconnected(link, exc)
 
@@ -521,6 +592,8 @@ class Volume:
         self.epoch = meta["epoch"]
         self.membership_epoch = meta["membership_epoch"]
         self.members = {int(pg): ids for pg, ids in meta["pgs"].items()}
+        self.member_sets = {pg: frozenset(ids) for pg, ids in self.members.items()}
+        self.member_index = {pg: {n: i for i, n in enumerate(ids)} for pg, ids in self.members.items()}
 
     def _start(self, vdl, next_lsn, prev_lsn_pg):
         self.tracker = _native.QuorumTracker(MEMBERS_PER_PG, WRITE_QUORUM, vdl)
@@ -534,6 +607,7 @@ class Volume:
         self.pg_ranges = {}
         self.retained = {pg: collections.deque() for pg in self.members}
         self.retained_bytes = 0
+        self.outbox = {}                      # pg -> deque of (APPEND, pg, batch) not yet taken
         self.highest_cpl = vdl
 
     def _recover(self, key):
@@ -780,6 +854,13 @@ class Volume:
             raise self._quorum_lost_for(lsn, timeout)
 
     def _log_mtr(self):
+        lsn = self._append_mtr()
+        self.pump.kick()
+        return lsn
+
+    def _append_mtr(self):
+        """Turn this thread's staged changes into one MTR in the log (under the log lock);
+        returns its CPL."""
         changes = getattr(self._mtrs, "changes", None) or {}
         self._mtrs.changes = {}
         with self._lock:
@@ -849,8 +930,11 @@ class Volume:
             self.retained_bytes += len(batch)
         self.stats["bytes_shipped"] += len(batch) * len(self.members[pg])
         self.stats["batch_bytes"] += len(batch)
-        for node_id in self.members[pg]:
-            self.links[node_id].enqueue(p.FRAME_APPEND, pg, batch)
+        # Shipped once: the sender merges and frames the batch a single time for all members.
+        queue = self.outbox.get(pg)
+        if queue is None:
+            queue = self.outbox[pg] = collections.deque()
+        queue.append((p.FRAME_APPEND, pg, batch))
 
     def _resend_for(self, link):
         """Frames a (re)connected member still needs: every retained batch above its SCL."""
@@ -868,13 +952,20 @@ class Volume:
     def _on_ack(self, link, pg, scl):
         if scl > link.acked_scl.get(pg, 0):
             link.acked_scl[pg] = scl
-        ids = self.members.get(pg)
-        if ids is None or link.node_id not in ids:
+        index = self.member_index.get(pg, {}).get(link.node_id)
+        if index is None:
             return
         # An SCL above everything registered says nothing more (it can only come from a
         # member that has not truncated yet); the tracker refuses it, so clamp.
-        self.tracker.ack(pg, ids.index(link.node_id), min(scl, self.tracker.highest_lsn))
-        self._trim(pg)
+        tracker = self.tracker
+        tracker.ack(pg, index, min(scl, tracker.highest_lsn))
+        if self.pump.held:
+            self.pump.wake_sender()           # this ACK may open a PG's window
+        retained = self.retained.get(pg)
+        # Nothing can be trimmed unless this ack covers the oldest retained batch (it may have
+        # raised the minimum) or the retained bytes are over the bound.
+        if retained and (retained[0][1] <= scl or self.retained_bytes > RETAINED_BYTES_MAX):
+            self._trim(pg)
 
     def _trim(self, pg):
         """Drop retained redo every member has acknowledged; past RETAINED_BYTES_MAX also what
