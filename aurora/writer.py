@@ -38,6 +38,7 @@ from aurora import _native, errors, protocol as p, recovery
 from aurora.client import NodeClient
 from aurora.node.core import TRUNCATION_ENTRY
 from aurora.node.server import parse_address
+from aurora.ring import RING_BYTES_DEFAULT, SharedRing
 
 log = logging.getLogger("aurora.writer")
 
@@ -182,6 +183,8 @@ class MemberLink:
         self.last_error = None
         self.retry_at = 0.0
         self.retry_delay = RECONNECT_DELAY_S_MIN
+        self.ring_ok = False                 # attached to the volume's shared-memory ring
+        self.ring_refs = {}                  # request_id -> RingSlot announced to this member
 
     def client(self, timeout=READ_TIMEOUT_S):
         v = self.volume
@@ -199,6 +202,9 @@ class MemberLink:
 
     def on_frame(self, frame):
         request = self.inflight.pop(frame.request_id, None)
+        slot = self.ring_refs.pop(frame.request_id, None)
+        if slot is not None:
+            self.volume.ring.release(slot)
         if frame.type == p.FRAME_ACK:
             pg, _, scl, _ = p.ACK_BODY.unpack_from(frame.body)
             self.volume._on_ack(self, pg, scl)
@@ -208,7 +214,12 @@ class MemberLink:
         code, _ = p.ERROR_BODY.unpack_from(frame.body)
         message = bytes(frame.body[p.ERROR_BODY.size:]).decode("utf-8", "replace")
         frame_type, pg, body = request
-        if code == p.ERROR_STALE_EPOCH:
+        if slot is not None and code == p.ERROR_BAD_REQUEST:
+            # The node could not take it from the ring: stop using the ring on this link.
+            log.warning("node %s refused a ring slot (%s); sending inline", self.node_id, message)
+            self.ring_ok = False
+            self.enqueue(frame_type, pg, body)
+        elif code == p.ERROR_STALE_EPOCH:
             self.volume._fence("node %s: %s" % (self.node_id, message))
         elif code == p.ERROR_EPOCH_AHEAD and frame_type != p.FRAME_SET_EPOCH:
             # The node missed this writer's recovery: give it the epoch and the truncations
@@ -312,6 +323,9 @@ class LinkPump:
                     continue      # it gets its redo from the retained buffer on reconnect
             if link.queue or shared:
                 self._send(link, shared)
+        for item in shared:
+            if item[4] is not None:
+                self.volume.ring.release(item[4])     # the round's own hold on the slot
 
     def _next_retry_in(self):
         waits = [link.retry_at - time.monotonic() for link in self.links if not link.connected]
@@ -333,6 +347,7 @@ class LinkPump:
         v = self.volume
         outbox = v.outbox
         shared = []
+        ring_links = sum(1 for link in self.links if link.ring_ok) if v.ring is not None else 0
         held = False
         for pg in list(outbox):
             batches = outbox[pg]
@@ -352,8 +367,16 @@ class LinkPump:
             for frame_type, _, body in coalesce_appends(items):
                 request_id = self._request_id()
                 flying.append(BATCH_HEADER.unpack_from(body)[9])     # last LSN
-                shared.append((pg, request_id, body, p.encode_frame(
-                    frame_type, body, request_id, v.volume_id, v.epoch, v.membership_epoch)))
+                slot = notice = None
+                if ring_links:
+                    slot = v.ring.put(body)
+                    if slot is not None:
+                        notice = p.encode_frame(p.FRAME_APPEND_RING, p.APPEND_RING_BODY.pack(
+                            v.ring.ring_id, slot.offset, slot.length, slot.crc), request_id,
+                            v.volume_id, v.epoch, v.membership_epoch)
+                inline = None if slot is not None and ring_links == len(self.links) else p.encode_frame(
+                    frame_type, body, request_id, v.volume_id, v.epoch, v.membership_epoch)
+                shared.append([pg, request_id, body, inline, slot, notice])
         self.held = held
         return shared
 
@@ -377,10 +400,22 @@ class LinkPump:
             link.inflight[request_id] = (frame_type, pg, body)
             frames.append(p.encode_frame(frame_type, body, request_id, v.volume_id, v.epoch,
                                          v.membership_epoch))
-        for pg, request_id, body, frame in shared:
-            if link.node_id in v.member_sets.get(pg, ()):
-                link.inflight[request_id] = (p.FRAME_APPEND, pg, body)
-                frames.append(frame)
+        for item in shared:
+            pg, request_id, body, inline, slot, notice = item
+            if link.node_id not in v.member_sets.get(pg, ()):
+                continue
+            link.inflight[request_id] = (p.FRAME_APPEND, pg, body)
+            if slot is not None and link.ring_ok:
+                v.ring.hold(slot)
+                link.ring_refs[request_id] = slot
+                frames.append(notice)
+                v.stats["ring_frames"] += 1
+            else:
+                if inline is None:
+                    inline = item[3] = p.encode_frame(p.FRAME_APPEND, body, request_id, v.volume_id,
+                                                      v.epoch, v.membership_epoch)
+                frames.append(inline)
+                v.stats["inline_frames"] += 1
         sock = link.sock
         if not frames or sock is None:
             return
@@ -405,9 +440,11 @@ class LinkPump:
             link.retry_delay = min(link.retry_delay * 2, RECONNECT_DELAY_S_MAX)
             return
         link.retry_delay = RECONNECT_DELAY_S_MIN
+        self._forget_inflight(link)
+        if self.volume.ring is not None and family == socket.AF_UNIX:
+            self._attach_ring(link, sock)
         link.sock = sock
         link.reader = p.FrameReader()
-        link.inflight = {}
         link.connected = True
         with self.cond:
             self.registered[link] = sock
@@ -416,10 +453,51 @@ class LinkPump:
         resend = self.volume._resend_for(link)
         link.queue.extendleft(reversed(resend))
 
+    def _attach_ring(self, link, sock):
+        """RING_ATTACH on a fresh connection, before the receiver watches it: the member maps
+        the ring, or it gets its redo inline."""
+        v = self.volume
+        ring = v.ring
+        body = p.RING_ATTACH_BODY.pack(ring.ring_id, ring.size) + ring.path.encode("utf-8")
+        attached = False
+        try:
+            sock.settimeout(2.0)
+            sock.sendall(p.encode_frame(p.FRAME_RING_ATTACH, body, 0, v.volume_id, v.epoch, v.membership_epoch))
+            reader = p.FrameReader()
+            frame = None
+            while frame is None:
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("node %s closed the connection" % link.node_id)
+                reader.feed(data)
+                frame = next(reader.frames(), None)
+            attached = frame.type == p.FRAME_OK
+            if not attached:
+                log.warning("node %s cannot map the redo ring: %s; sending inline", link.node_id,
+                            bytes(frame.body[p.ERROR_BODY.size:]).decode("utf-8", "replace"))
+        except (OSError, errors.AuroraError) as exc:
+            log.warning("node %s: ring attach failed (%s); sending inline", link.node_id, exc)
+        finally:
+            sock.settimeout(None)
+        link.ring_ok = attached
+
+    def _forget_inflight(self, link):
+        """A connection ended: its requests get no reply; the ring slots announced on it are
+        free as far as this member is concerned."""
+        link.inflight = {}
+        refs = link.ring_refs
+        while refs:
+            try:
+                _, slot = refs.popitem()
+            except KeyError:
+                break
+            self.volume.ring.release(slot)
+
     def _disconnected(self, link, exc):
         if link.connected:
             link.last_error = exc
         link.connected = False
+        self._forget_inflight(link)
         link.retry_at = time.monotonic() + link.retry_delay
         self._close(link)
         self.wake_sender()
@@ -530,7 +608,8 @@ class Volume:
 
     def __init__(self, cluster, name="main", page_size=_native.PAGE_SIZE_DEFAULT,
                  pages_per_pg=None, lal=LAL_DEFAULT, commit_timeout=COMMIT_TIMEOUT_S_DEFAULT,
-                 buffer_pool_pages=BUFFER_POOL_PAGES_DEFAULT, hedge_delay=HEDGE_DELAY_S_DEFAULT):
+                 buffer_pool_pages=BUFFER_POOL_PAGES_DEFAULT, hedge_delay=HEDGE_DELAY_S_DEFAULT,
+                 ring_bytes=None):
         self.cluster = cluster
         self.name = name
         self.commit_timeout = commit_timeout
@@ -553,6 +632,13 @@ class Volume:
         started = time.monotonic()
         self._open(page_size, pages_per_pg or cluster.pages_per_pg or PAGES_PER_PG_DEFAULT, lal)
         self.recovery_seconds = time.monotonic() - started
+        # Members on this host (Unix sockets) read redo from one shared-memory ring
+        # (aurora/ring.py); ring_bytes=0 or AURORA_RING=0 sends everything inline.
+        if ring_bytes is None:
+            ring_bytes = RING_BYTES_DEFAULT if os.environ.get("AURORA_RING", "1") != "0" else 0
+        self.ring = None
+        if ring_bytes and any(link.address.startswith("unix:") for link in self.links.values()):
+            self.ring = SharedRing(ring_bytes)
         # The links start only now: recovery talks to the nodes on connections of its own.
         self.pump = LinkPump(self, self.links.values())
         self.pump.start()
@@ -1175,6 +1261,9 @@ class Volume:
         pump = getattr(self, "pump", None)
         if pump is not None:
             pump.stop()
+        ring = getattr(self, "ring", None)
+        if ring is not None:
+            ring.close()
 
     def __enter__(self):
         return self

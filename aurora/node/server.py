@@ -26,6 +26,7 @@ from aurora import errors, protocol as p
 from aurora.node.core import NodeCore
 from aurora.node.gossip import GOSSIP_INTERVAL_S, Gossiper
 from aurora.node import segment as segment_module
+from aurora.ring import RingReader
 
 log = logging.getLogger("aurora.node")
 
@@ -78,7 +79,7 @@ def listen(address):
 
 
 class Connection:
-    __slots__ = ("sock", "reader", "out", "closing", "peer")
+    __slots__ = ("sock", "reader", "out", "closing", "peer", "rings")
 
     def __init__(self, sock, peer):
         self.sock = sock
@@ -86,6 +87,7 @@ class Connection:
         self.out = bytearray()
         self.closing = False
         self.peer = peer
+        self.rings = {}          # ring_id -> RingReader (a same-host writer's shared memory)
 
 
 def _journal_synced(facts):
@@ -230,6 +232,10 @@ class NodeServer:
         self._flush(conn)
 
     def _dispatch(self, conn, frame):
+        if frame.type == p.FRAME_RING_ATTACH or frame.type == p.FRAME_APPEND_RING:
+            frame = self._ring_frame(conn, frame)
+            if frame is None:
+                return
         with self.lock:
             try:
                 replies = self.core.handle(frame)
@@ -252,6 +258,41 @@ class NodeServer:
                 self._send(conn, reply.data)
             if reply.close:
                 conn.closing = True
+
+    def _ring_frame(self, conn, frame):
+        """Serve RING_ATTACH here (it maps a file: I/O, not the core's business); turn an
+        APPEND_RING into the APPEND it stands for.  None when answered already."""
+        try:
+            if frame.type == p.FRAME_RING_ATTACH:
+                if not (p.RING_ATTACH_BODY.size < len(frame.body) <= p.RING_ATTACH_BODY.size + p.RING_PATH_MAX):
+                    raise ValueError("RING_ATTACH body of %d bytes" % len(frame.body))
+                ring_id, size = p.RING_ATTACH_BODY.unpack_from(frame.body)
+                path = bytes(frame.body[p.RING_ATTACH_BODY.size:]).decode("utf-8")
+                if not os.path.isabs(path):
+                    raise ValueError("ring path %r is not absolute" % path)
+                if ring_id not in conn.rings and len(conn.rings) >= p.RINGS_PER_CONNECTION_MAX:
+                    raise ValueError("a connection may attach at most %d rings" % p.RINGS_PER_CONNECTION_MAX)
+                reader = RingReader(path, size, ring_id)
+                old = conn.rings.pop(ring_id, None)
+                if old is not None:
+                    old.close()
+                conn.rings[ring_id] = reader
+                self._send(conn, p.encode_frame(p.FRAME_OK, p.OK_BODY.pack(0, 0, size), frame.request_id,
+                                                frame.volume_id, frame.volume_epoch, frame.membership_epoch))
+                return None
+            if len(frame.body) != p.APPEND_RING_BODY.size:
+                raise ValueError("APPEND_RING body of %d bytes, expected %d" % (len(frame.body), p.APPEND_RING_BODY.size))
+            ring_id, offset, length, crc = p.APPEND_RING_BODY.unpack(frame.body)
+            reader = conn.rings.get(ring_id)
+            if reader is None:
+                raise ValueError("ring %d is not attached on this connection" % ring_id)
+            body = reader.read(offset, length, crc)
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            self._send(conn, p.encode_frame(p.FRAME_ERROR, p.error_body(p.ERROR_BAD_REQUEST, "%s refused: %s" % (
+                p.FRAME_NAMES[frame.type], exc)), frame.request_id, frame.volume_id))
+            return None
+        return p.Frame(p.FRAME_APPEND, frame.request_id, frame.volume_id, frame.volume_epoch,
+                       frame.membership_epoch, body)
 
     def _commit_round(self):
         """Make this round's appends durable, then release the replies waiting for it."""
@@ -300,6 +341,9 @@ class NodeServer:
         if fd < 0:
             return
         self.connections.pop(fd, None)
+        for reader in conn.rings.values():
+            reader.close()
+        conn.rings.clear()
         try:
             self.selector.unregister(conn.sock)
         except (KeyError, ValueError):
