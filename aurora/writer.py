@@ -573,6 +573,7 @@ class BufferPool:
         self.pages = collections.OrderedDict()   # page_no -> [bytes, page_lsn]
         self.hits = 0
         self.misses = 0
+        self.evictions = 0                        # pages dropped so far
 
     def get(self, page_no):
         entry = self.pages.get(page_no)
@@ -589,6 +590,16 @@ class BufferPool:
         if len(self.pages) > self.capacity:
             self.evict(vdl)
 
+    def put_fetched(self, page_no, data, page_lsn, vdl, evictions):
+        """Cache an image read from a node without the log lock, unless the pool meanwhile
+        got a newer one (a committer wrote the page) or dropped any page (which might have
+        been a newer version of this one): then the read is stale and is thrown away."""
+        entry = self.pages.get(page_no)
+        if self.evictions != evictions or (entry is not None and entry[1] >= page_lsn):
+            return
+        if entry is None:
+            self.put(page_no, data, page_lsn, vdl)
+
     def evict(self, vdl):
         over = len(self.pages) - self.capacity
         if over <= 0:
@@ -598,6 +609,7 @@ class BufferPool:
                 break
             if self.pages[page_no][1] <= vdl:
                 del self.pages[page_no]
+                self.evictions += 1
                 over -= 1
 
 
@@ -949,6 +961,7 @@ class Volume:
         returns its CPL."""
         changes = getattr(self._mtrs, "changes", None) or {}
         self._mtrs.changes = {}
+        self._prefetch(changes)
         with self._lock:
             self._check_open()
             records = []   # (pg, page_no, type, payload, new image, page LSN before)
@@ -1106,6 +1119,7 @@ class Volume:
         that are not yet durable)."""
         self._check_open()
         if lsn is None:
+            self._prefetch((page_no,))
             with self._lock:
                 image = self._page_for_write(page_no)[0]
             staged = (getattr(self._mtrs, "changes", None) or {}).get(page_no)
@@ -1118,6 +1132,18 @@ class Volume:
         if lsn > self.tracker.vdl:
             raise ValueError("read point %d is above VDL %d" % (lsn, self.tracker.vdl))
         return self._get_page(page_no, lsn)[0]
+
+    def _prefetch(self, page_nos):
+        """Read the pages an MTR changes that are not cached, before taking the log lock, so
+        one committer's GetPage round trips do not hold up every other committer."""
+        for page_no in page_nos:
+            if page_no in self.pool.pages:
+                continue
+            evictions = self.pool.evictions
+            vdl = self.tracker.vdl
+            data, page_lsn = self._get_page(page_no, vdl)
+            with self._lock:     # committers put their new images under it
+                self.pool.put_fetched(page_no, data, page_lsn, vdl, evictions)
 
     def _page_for_write(self, page_no):
         """(image, page LSN) of the latest version; the log lock is held."""
