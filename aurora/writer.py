@@ -146,14 +146,18 @@ def coalesce_appends(items):
             out.append((frame_type, pg, body))
             continue
         bodies = run.setdefault(pg, [])
-        records = BATCH_HEADER.unpack_from(body)[4]
+        header = BATCH_HEADER.unpack_from(body)
+        records = header[4]
+        # Only a strictly increasing run merges: a resend after a reconnect can queue batches
+        # before one that an ERROR put back, and a merged batch must keep LSN order.
         if bodies and (size[pg][0] + records > _native.BATCH_RECORDS_MAX or
-                       size[pg][1] + len(body) > BOXCAR_BYTES_MAX):
+                       size[pg][1] + len(body) > BOXCAR_BYTES_MAX or
+                       header[8] <= size[pg][2]):
             flush()
             bodies = run.setdefault(pg, [])
         bodies.append(body)
-        count, length = size.get(pg, (0, 0))
-        size[pg] = (count + records, length + len(body))
+        count, length, _ = size.get(pg, (0, 0, 0))
+        size[pg] = (count + records, length + len(body), header[9])
     flush()
     return out
 
