@@ -898,10 +898,16 @@ class Segment:
         if through < after:
             raise ValueError("truncation range (%d, %d] is empty" % (after, through))
         versions_above = self.state["materialized_lsn"] > after
-        self.state["truncations"].append([after, through])
+        # Every recovery's SET_EPOCH carries the volume's whole truncation history, so a node
+        # meets each range again at every later epoch: record it once (the list is scanned on
+        # every append) and rewrite the state file only when something in it changed.
+        recorded = [after, through] in self.state["truncations"]
+        if not recorded:
+            self.state["truncations"].append([after, through])
         if versions_above:
             self.state["materialized_lsn"] = after
-        self._save_state()
+        if not recorded or versions_above:
+            self._save_state()
         ordered = self.sorted_lsns
         lo = bisect.bisect_right(ordered, after)
         hi = bisect.bisect_right(ordered, through)
