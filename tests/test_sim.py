@@ -11,9 +11,14 @@ from aurora.sim import BUGS, Violation, run_seed
 from aurora.sim.__main__ import main, run_seeds
 
 CI_SEEDS = int(os.environ.get("AURORA_SIM_CI_SEEDS", "40"))
-# Seeds within which each planted bug is found (measured; docs/simulation.md).  The CI-sized
-# check uses the first window; the slow one the full 1,000 the design asks for.
-BUG_SEEDS_CI = {"ack-before-persist": 3, "vdl-ignores-cpl": 3}
+# Seeds within which each planted bug must be found by the CI-sized check; the slow one runs
+# the full 1,000 the design asks for.  Measured first failing seed / share of seeds 0..999 that
+# fail (docs/simulation.md): ack-before-persist 0 / 100 %, vdl-ignores-cpl 0 / 99.6 %,
+# gossip-stale-epoch 6 / 23 %, recovery-read-2-of-6 28 / 2 %.  The windows leave room for
+# changes that reshuffle the seeds' random streams (a miss is below 1 in 300 at the measured
+# rates); a run stops at the first failure, so the usual cost is a few seconds.
+BUG_SEEDS_CI = {"ack-before-persist": 3, "vdl-ignores-cpl": 3, "gossip-stale-epoch": 40,
+                "recovery-read-2-of-6": 300}
 BUG_SEEDS_MAX = 1000
 
 
@@ -41,6 +46,10 @@ def test_same_seed_same_run():
 def test_cli_replays_a_seed(capsys):
     assert main(["--seed", "3"]) == 0
     assert "1 seeds" in capsys.readouterr().out
+
+
+def test_every_planted_bug_has_a_ci_window():
+    assert set(BUG_SEEDS_CI) == set(BUGS)
 
 
 @pytest.mark.parametrize("bug", sorted(BUG_SEEDS_CI))
