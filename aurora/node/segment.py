@@ -54,6 +54,10 @@ RECORD_HEADER = struct.Struct("<IBBHIIQQQ")  # crc, type, flags, reserved, paylo
 assert RECORD_HEADER.size == RECORD_HEADER_SIZE
 LOCATION_SEQ_SHIFT = 40                      # index value: log sequence << 40 | offset
 LOCATION_OFFSET_MASK = (1 << LOCATION_SEQ_SHIFT) - 1
+# Fields of a ``recs.tolist()`` row, in RECORD_DTYPE order (the small-batch paths use rows).
+R_LSN, R_PREV_PG, R_PREV_PAGE, R_OFFSET, R_PAGE, R_PAYLOAD_LENGTH, R_TYPE, R_FLAGS = range(8)
+assert _native.RECORD_DTYPE.names == ("lsn", "prev_lsn_pg", "prev_lsn_page", "offset", "page_no",
+                                      "payload_length", "type", "flags")
 
 
 
@@ -352,7 +356,7 @@ class Segment:
         if len(recs) == 0:
             return 0
         if self._restoring is None and len(recs) <= SMALL_INDEX_RECORDS:
-            return self._index_small(log, recs, shift)
+            return self._index_small(log, recs.tolist(), shift)
         lsn = recs["lsn"]
         keep = lsn > self.state["gc_lsn"]
         for after, through in self.state["truncations"]:
@@ -408,18 +412,17 @@ class Segment:
             self.successor.update(zip(recs["prev_lsn_pg"][above].tolist(), lsn[above].tolist()))
         return len(lsns)
 
-    def _index_small(self, log, recs, shift):
-        """_index for a live batch of a few records: plain Python beats numpy's per-call cost
-        here, and this runs for every batch on the acknowledgement path."""
+    def _index_small(self, log, rows, shift):
+        """_index for a live batch of a few records, given as ``recs.tolist()`` rows (fields
+        in RECORD_DTYPE order): plain Python beats numpy's per-call cost here, and this runs
+        for every batch on the acknowledgement path."""
         gc_lsn = self.state["gc_lsn"]
         truncations = self.state["truncations"]
         records = self.records
         chains = self.page_chains
         base = shift + (log.seq << LOCATION_SEQ_SHIFT)
         added = []
-        for lsn, offset, page_no, rtype, prev_pg in zip(
-                recs["lsn"].tolist(), recs["offset"].tolist(), recs["page_no"].tolist(),
-                recs["type"].tolist(), recs["prev_lsn_pg"].tolist()):
+        for lsn, prev_pg, _, offset, page_no, _, rtype, _ in rows:
             if lsn <= gc_lsn or lsn in records:
                 continue
             if truncations and any(after < lsn <= through for after, through in truncations):
@@ -520,6 +523,9 @@ class Segment:
         """Refuse a batch carrying records of pages outside this PG (a writer bug)."""
         if len(recs) == 0:
             return
+        if len(recs) <= SMALL_INDEX_RECORDS:
+            self._check_rows(recs.tolist())
+            return
         pages = recs["page_no"]
         in_pg = (pages == 0xFFFFFFFF) | ((pages // self.pages_per_pg) == self.pg)
         if not bool(in_pg.all()):
@@ -530,6 +536,19 @@ class Segment:
         if bool(images.any()) and not bool((recs["payload_length"][images] == self.page_size).all()):
             raise ValueError("an IMAGE record does not match the segment's %d-byte pages" % self.page_size)
 
+    def _check_rows(self, rows):
+        """check_batch for a few records as ``recs.tolist()`` rows: the same checks, in the
+        same order, without numpy's per-call cost."""
+        pages_per_pg, pg = self.pages_per_pg, self.pg
+        for row in rows:
+            page_no = row[R_PAGE]
+            if page_no != 0xFFFFFFFF and page_no // pages_per_pg != pg:
+                raise ValueError("page %d does not belong to PG %d (%d pages per PG)"
+                                 % (page_no, pg, pages_per_pg))
+        for row in rows:
+            if row[R_TYPE] == _native.REC_IMAGE and row[R_PAYLOAD_LENGTH] != self.page_size:
+                raise ValueError("an IMAGE record does not match the segment's %d-byte pages" % self.page_size)
+
     def append(self, buf, recs):
         """Append the records of a decoded batch (``recs`` index into ``buf``) that this
         segment does not hold yet.  Durable only after sync().  Returns how many were new.
@@ -538,6 +557,8 @@ class Segment:
         of all-new records, is one copy of the batch body into the log."""
         if len(recs) == 0:
             return 0
+        if len(recs) <= SMALL_INDEX_RECORDS:
+            return self._append_rows(memoryview(buf), recs.tolist())
         view = memoryview(buf)
         first = int(recs["offset"][0])
         last = int(recs["offset"][-1]) + RECORD_HEADER_SIZE + int(recs["payload_length"][-1])
@@ -557,6 +578,39 @@ class Segment:
                 at = log.append(view[offset:offset + length])
                 self._dirty_files.add(log)
                 added += self._index(log, recs[i:i + 1], at - offset)
+        if added:
+            self._advance_scl()
+        return added
+
+    def _append_rows(self, view, rows):
+        """append() for a live batch of a few records as ``recs.tolist()`` rows: the same
+        decisions as the column path (one copy when the batch is contiguous and all new,
+        else record by record), in plain Python."""
+        gc_lsn = self.state["gc_lsn"]
+        truncations = self.state["truncations"]
+        records = self.records
+        fresh = [row[R_LSN] > gc_lsn and row[R_LSN] not in records
+                 and not any(after < row[R_LSN] <= through for after, through in truncations)
+                 for row in rows]
+        first = rows[0][R_OFFSET]
+        last = rows[-1][R_OFFSET] + RECORD_HEADER_SIZE + rows[-1][R_PAYLOAD_LENGTH]
+        contiguous = last - first == sum(row[R_PAYLOAD_LENGTH] for row in rows) + RECORD_HEADER_SIZE * len(rows)
+        if contiguous and all(fresh) and last - first <= self.log_file_bytes - LOG_HEADER_SIZE:
+            log = self._log_for(last - first)
+            at = log.append(view[first:last])
+            self._dirty_files.add(log)
+            added = self._index_small(log, rows, at - first)
+        else:
+            added = 0
+            for row, keep in zip(rows, fresh):
+                if not keep:
+                    continue
+                offset = row[R_OFFSET]
+                length = RECORD_HEADER_SIZE + row[R_PAYLOAD_LENGTH]
+                log = self._log_for(length)
+                at = log.append(view[offset:offset + length])
+                self._dirty_files.add(log)
+                added += self._index_small(log, [row], at - offset)
         if added:
             self._advance_scl()
         return added
@@ -839,13 +893,33 @@ class Segment:
     def truncate(self, after, through):
         """Durably drop every record with after < lsn <= through (writer recovery).
 
-        The cost is in the records dropped and the records above SCL, not in the segment's
-        size: writer recovery truncates every PG, and its time must not grow with the volume."""
+        The cost is in the records dropped, the records above SCL and one look at each page's
+        list of versions, not in the log's size: writer recovery truncates every PG, and its
+        time must not grow with the volume.  A range already recorded costs nothing."""
         if through < after:
             raise ValueError("truncation range (%d, %d] is empty" % (after, through))
-        versions_above = self.state["materialized_lsn"] > after
+        # Every recovery's SET_EPOCH carries the volume's whole truncation history, so a node
+        # meets each range again at every later epoch.  A recorded range was applied in full
+        # (below: its page versions dropped durably before it was recorded, its records gone
+        # from the index and refused ever since), so there is nothing left to do; recording it
+        # once also keeps the list every append scans short.
+        if [after, through] in self.state["truncations"]:
+            return
+        # Page versions inside the range go first, and durably, before the range is recorded:
+        # a crash in between leaves the range unrecorded (and the volume epoch unchanged), so
+        # the writer's SET_EPOCH comes again.  Every version is looked at: materialized_lsn is
+        # no bound on them (a pass in progress, or an earlier range of a multi-range
+        # SET_EPOCH, leaves versions above it) -- found by the simulator, seed 2441: a version
+        # at LSN 104 survived the truncation (103, 169] and GET_PAGE raised ChainGapError.
+        dropped_versions = False
+        for page_no in list(self.pages.versions):
+            if self.pages.drop_versions(page_no, lambda lsn: after < lsn <= through):
+                self._dirty_pages.add(page_no)
+                dropped_versions = True
+        if dropped_versions:
+            self.pages.sync()
         self.state["truncations"].append([after, through])
-        if versions_above:
+        if self.state["materialized_lsn"] > after:
             self.state["materialized_lsn"] = after
         self._save_state()
         ordered = self.sorted_lsns
@@ -864,11 +938,6 @@ class Segment:
                 log.lsns = [l for l in log.lsns if l not in gone]
             del ordered[lo:hi]
             self.damaged_lsns = {lsn for lsn in self.damaged_lsns if lsn not in gone}
-        if versions_above:
-            for page_no in list(self.pages.versions):
-                if self.pages.drop_versions(page_no, lambda lsn: after < lsn <= through):
-                    self._dirty_pages.add(page_no)
-            self.pages.sync()
         self.max_lsn = ordered[-1] if ordered else self.state["gc_lsn"]
         self._pass = None
         if dropped or self.scl > after:

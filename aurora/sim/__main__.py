@@ -1,6 +1,8 @@
 """Command line: run seeds, print the first failing seed with its replay command."""
 import argparse
 import multiprocessing
+import os
+import resource
 import sys
 import time
 
@@ -11,6 +13,21 @@ from aurora.sim.world import Violation, run_seed
 def replay_command(seed, swarm, bug):
     return "python -m aurora.sim --seed %d%s%s" % (seed, " --swarm" if swarm else "",
                                                    " --bug %s" % bug if bug else "")
+
+
+def default_workers():
+    """One worker per CPU this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:   # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def cpu_seconds():
+    """User + system CPU time of this process and of its finished children (the workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def check_seed(args):
@@ -56,7 +73,8 @@ def main(argv=None):
     parser.add_argument("--swarm", action="store_true", help="each seed draws its own fault probabilities")
     parser.add_argument("--bug", choices=sorted(BUGS), default=None,
                         help="plant a known bug (also AURORA_SIM_BUG); the simulator should find it")
-    parser.add_argument("--workers", type=int, default=1, help="processes to run seeds in")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes to run seeds in (default: one per CPU)")
     parser.add_argument("--keep-going", action="store_true", help="do not stop at the first failing seed")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each seed's faults and stats")
     args = parser.parse_args(argv)
@@ -71,14 +89,19 @@ def main(argv=None):
         except Violation as exc:
             print("seed %d FAILED: %s\nreplay: %s" % (first, exc, replay_command(first, args.swarm, bug)))
             return 1
+    workers = args.workers if args.workers is not None else min(default_workers(), count)
     started = time.monotonic()
-    ran, failures = run_seeds(first, count, args.swarm, bug, args.workers, not args.keep_going)
+    cpu_started = cpu_seconds()
+    ran, failures = run_seeds(first, count, args.swarm, bug, workers, not args.keep_going)
     elapsed = time.monotonic() - started
+    cpu = cpu_seconds() - cpu_started
     for seed, message in failures:
         print("seed %d FAILED: %s\nreplay: %s" % (seed, message, replay_command(seed, args.swarm, bug)))
-    print("%d seeds in %.1f s (%.0f seeds/minute), %d failed%s"
-          % (ran, elapsed, ran / elapsed * 60 if elapsed else 0, len(failures),
-             "; planted bug: %s" % bug if bug else ""))
+    # CPU time too: on a shared machine the wall clock says as much about the neighbours.
+    print("%d seeds in %.1f s with %d worker%s (%.0f seeds/minute; %.1f s CPU, %.0f seeds per CPU-minute), "
+          "%d failed%s"
+          % (ran, elapsed, workers, "" if workers == 1 else "s", ran / elapsed * 60 if elapsed else 0,
+             cpu, ran / cpu * 60 if cpu else 0, len(failures), "; planted bug: %s" % bug if bug else ""))
     return 1 if failures else 0
 
 

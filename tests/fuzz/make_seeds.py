@@ -77,6 +77,14 @@ def pagestore_seeds():
     torn[40] ^= 1
     write("pagestore", "bad-slot-crc.bin", b"\x00" + bytes(torn))
     write("pagestore", "short-slot.bin", b"\x00" + image[ps.FILE_HEADER_SIZE:ps.FILE_HEADER_SIZE + 100])
+    # The same version in two slots, as a materialization redone after a crash leaves it.
+    slots = bytearray(image[ps.FILE_HEADER_SIZE:])
+    size = store.slot_size
+    slot = next(s for s, (page_no, lsn) in enumerate(
+        ps.SLOT_HEADER.unpack_from(slots, s * size)[2:5:2] for s in range(4)) if (page_no, lsn) == (9, 11))
+    free = next(s for s in range(4) if ps.SLOT_HEADER.unpack_from(slots, s * size)[1] == 0)
+    slots[free * size:(free + 1) * size] = slots[slot * size:(slot + 1) * size]
+    write("pagestore", "same-lsn-twice.bin", b"\x00" + bytes(slots))
 
 
 if __name__ == "__main__":
