@@ -14,8 +14,9 @@ Invariants (DESIGN.md section 2) and where they are kept:
   1. commit() returns only once VDL >= its CPL (QuorumTracker.wait);
   2. the tracker's values only move forward; a new epoch starts a new tracker;
   5. an MTR's records reach the log together, under one lock, with the CPL last;
-  6. _recover uses a read quorum of every PG and truncates (VDL, VDL + LAL] durably under a
-     new epoch before the first write;
+  6. _recover fences first (a new epoch on a write quorum of every PG), then reads a read
+     quorum of fenced members, then truncates (VDL, VDL + LAL] durably under one more epoch,
+     all before the first write;
   7. the buffer pool never evicts a page whose LSN is above VDL (BufferPool.evict).
 """
 import array
@@ -537,12 +538,79 @@ class Volume:
         self.highest_cpl = vdl
 
     def _recover(self, key):
-        """Writer recovery (DESIGN.md invariant 6), with no redo replay: read a quorum of every
-        PG's members, find VCL and VDL from the dense LSN sequence, truncate everything above
-        VDL (up to VDL + LAL) under a new epoch on a write quorum, and start above it."""
+        """Writer recovery (DESIGN.md invariant 6), with no redo replay, in three steps whose
+        order is what makes it safe against an old writer that is still alive:
+
+        1. fence: bump the volume epoch in the metadata and on a write quorum of every PG, so
+           from then on those members refuse the old writer's APPENDs (it gets STALE_EPOCH
+           and raises WriterFenced);
+        2. read: list a read quorum of every PG, taken only from members that took the new
+           epoch, and find VCL and VDL from the dense LSN sequence;
+        3. truncate: record (VDL, VDL + LAL] in the metadata and send it with a second epoch
+           bump to a write quorum of every PG, then start above it.
+
+        Reading before fencing would let the old writer get a record acknowledged by 4 of 6
+        between the reads and the fence, and the VDL computed from the earlier reads would
+        then truncate an acknowledged commit.  After step 1 no member of the read set takes
+        anything from the old writer, so every record the old writer ever had acknowledged
+        is on one of them (a write quorum of 4 and a read quorum of 3 of 6 intersect) and
+        VDL covers it.  See docs/writer.md, "Recovery and fencing"."""
         meta = self.meta
-        # Round 1: every member's SCL and VDL hint.  Everything <= the highest hint is durable.
-        pairs = [(pg, n) for pg, ids in self.members.items() for n in ids]
+        # Step 1: fence.  The epoch alone; the truncation history rides along so a member
+        # that missed an earlier recovery catches up (nodes skip ranges they hold already).
+        fenced = self._raise_epoch(key, dict(meta, epoch=meta["epoch"] + 1), "recovery (fencing)")
+        # Step 2: read, from fenced members only: a member that has not taken the new epoch
+        # may still be accepting the old writer's records and its listing could miss one that
+        # is acknowledged a moment later.
+        base, listings = self._read_recovery_quorum(fenced)
+        # The decisions (VCL, VDL, backlinks, truncation range) are sans-IO, shared with the
+        # simulator (aurora/recovery.py).
+        result = recovery.compute_recovery(self.members, listings, base, self.meta["truncations"], self.lal)
+        vcl, vdl, prev_lsn_pg = result.vcl, result.vdl, result.prev_lsn_pg
+        through = result.truncate_through
+        # Step 3: truncate, under one more epoch.  A member that took the fence but misses
+        # this step holds records above VDL that must never be served or gossiped; at the
+        # fence's epoch it would take this writer's APPENDs without having dropped them.  At
+        # a newer epoch it refuses them (EPOCH_AHEAD) and the writer sends it SET_EPOCH with
+        # every truncation first, so no member ever holds this epoch without the truncation.
+        truncated = dict(self.meta, epoch=self.meta["epoch"] + 1,
+                         truncations=self.meta["truncations"] + [[vdl, through]])
+        self._raise_epoch(key, truncated, "recovery (truncating)")
+        self._await_recovered_quorum(prev_lsn_pg)
+        # Every LSN up to `through` is now durable or void, so the new writer starts there:
+        # its VDL begins at `through` (LAL back-pressure counts from it) and its first record
+        # is through + 1.
+        self._start(vdl=through, next_lsn=through + 1, prev_lsn_pg=prev_lsn_pg)
+        self.recovery = {"created": False, "base": base, "vcl": vcl, "vdl": vdl,
+                         "records_listed": result.records_listed, "truncated": [vdl, through], "epoch": self.epoch}
+
+    def _raise_epoch(self, key, new_meta, what):
+        """Make ``new_meta`` (a higher epoch, maybe a longer truncation history) the volume's:
+        durable in the metadata on a write quorum of nodes first, then SET_EPOCH with every
+        truncation range to every member.  A write quorum of every PG must take it.  Returns
+        the node ids that did (their epoch is now at least the new one, for good)."""
+        assert new_meta["epoch"] > self.meta["epoch"], (new_meta["epoch"], self.meta["epoch"])
+        self._apply_meta(new_meta, self.meta_version + 1)
+        meta_write(self._all_links(), key, self.meta_version, new_meta)
+        body = self._set_epoch_body()
+
+        def set_epoch(node_id):
+            with self.links[node_id].client() as client:
+                client.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK, volume_epoch=self.epoch)
+
+        nodes = sorted({n for ids in self.members.values() for n in ids})
+        done = {n for n, ok in zip(nodes, self._on_each(nodes, set_epoch)) if ok is not None}
+        for pg, ids in self.members.items():
+            if len([n for n in ids if n in done]) < WRITE_QUORUM:
+                raise self._quorum_lost(pg, [n for n in ids if n not in done], WRITE_QUORUM, what)
+        return done
+
+    def _read_recovery_quorum(self, fenced):
+        """(base, listings) from the members in ``fenced``; a read quorum of each PG must answer.
+
+        Round 1: every member's SCL and VDL hint; everything <= the highest hint is durable,
+        so it is the base.  Round 2: every record above the base, paged."""
+        pairs = [(pg, n) for pg, ids in self.members.items() for n in ids if n in fenced]
 
         def first_round(pair):
             with self.links[pair[1]].client() as client:
@@ -554,7 +622,6 @@ class Volume:
             if len(got) < READ_QUORUM:
                 raise self._quorum_lost(pg, [n for n in ids if n not in got], READ_QUORUM, "recovery")
         base = recovery.recovery_base(a[1] for a in answers.values())
-        # Round 2: every record above the base, from a read quorum of each PG.
         listings = {}         # pg -> {node id: MemberListing}
 
         def second_round(pair):
@@ -580,35 +647,7 @@ class Volume:
             if len(listings.get(pg, {})) < READ_QUORUM:
                 raise self._quorum_lost(pg, [n for n in ids if n not in listings.get(pg, {})],
                                         READ_QUORUM, "recovery")
-        # The decisions (VCL, VDL, backlinks, truncation range) are sans-IO, shared with the
-        # simulator (aurora/recovery.py).
-        result = recovery.compute_recovery(self.members, listings, base, meta["truncations"], self.lal)
-        vcl, vdl, prev_lsn_pg = result.vcl, result.vdl, result.prev_lsn_pg
-        through = result.truncate_through
-        new_meta = dict(meta)
-        new_meta["epoch"] = meta["epoch"] + 1
-        new_meta["truncations"] = meta["truncations"] + [[vdl, through]]
-        self._apply_meta(new_meta, self.meta_version + 1)
-        # The new epoch and the truncation are durable on the nodes before the first write.
-        meta_write(self._all_links(), key, self.meta_version, new_meta)
-        body = self._set_epoch_body()
-
-        def set_epoch(node_id):
-            with self.links[node_id].client() as client:
-                client.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK, volume_epoch=self.epoch)
-
-        nodes = sorted({n for ids in self.members.values() for n in ids})
-        done = {n for n, ok in zip(nodes, self._on_each(nodes, set_epoch)) if ok is not None}
-        for pg, ids in self.members.items():
-            if len([n for n in ids if n in done]) < WRITE_QUORUM:
-                raise self._quorum_lost(pg, [n for n in ids if n not in done], WRITE_QUORUM, "recovery")
-        self._await_recovered_quorum(prev_lsn_pg)
-        # Every LSN up to `through` is now durable or void, so the new writer starts there:
-        # its VDL begins at `through` (LAL back-pressure counts from it) and its first record
-        # is through + 1.
-        self._start(vdl=through, next_lsn=through + 1, prev_lsn_pg=prev_lsn_pg)
-        self.recovery = {"created": False, "base": base, "vcl": vcl, "vdl": vdl,
-                         "records_listed": result.records_listed, "truncated": [vdl, through], "epoch": self.epoch}
+        return base, listings
 
     def _on_each(self, node_ids, fn):
         """``fn(node_id)`` for every node at once (recovery's round trips are independent);
@@ -699,11 +738,17 @@ class Volume:
                 with link.client() as client:
                     client.request(p.FRAME_CREATE_SEGMENT, self._create_segment_body(pg, link), p.FRAME_OK)
                 created.append(node_id)
+            except p.StaleEpochError as exc:
+                # A newer writer has recovered the volume: this one is fenced, and says so.
+                del self.members[pg]
+                self._fence("node %s: %s" % (node_id, exc))
+                raise errors.WriterFenced(self._fenced) from None
             except (OSError, errors.AuroraError):
                 continue
         if len(created) < WRITE_QUORUM:
+            lost = self._quorum_lost(pg, [n for n in ids if n not in created], WRITE_QUORUM, "creating a segment")
             del self.members[pg]
-            raise self._quorum_lost(pg, [n for n in ids if n not in created], WRITE_QUORUM, "creating a segment")
+            raise lost
         meta = dict(self.meta)
         meta["pgs"] = {str(g): m for g, m in self.members.items()}
         self._apply_meta(meta, self.meta_version + 1)
