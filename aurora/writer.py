@@ -31,7 +31,7 @@ import socket
 import struct
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 
@@ -66,19 +66,51 @@ RECV_BYTES = 1 << 20
 BOXCAR_BYTES_MAX = 8 * 1024 * 1024         # largest batch the sender makes by merging
 
 
+# ---- quorum round trips that do not wait for stragglers ---------------------------------------
+
+def gather_until(items, fn, enough, failures=None):
+    """``fn(item)`` for every item at once; {item: result} of those that answered, returned as
+    soon as ``enough(answers)`` holds or every call has finished.  A call that raises OSError
+    or AuroraError is a failure (its message goes to ``failures``, a dict, if given).
+
+    Calls still running are left to finish on their own: a member that is slow (a long
+    background step, a loaded machine) must not hold up a quorum that the others already
+    make, or recovery's time would be the slowest node's, not the quorum's.  Every call is
+    bounded by its socket timeout."""
+    answers = {}
+    if not items:
+        return answers
+    pool = ThreadPoolExecutor(max_workers=min(RECOVERY_PARALLEL_MAX, len(items)))
+    futures = {pool.submit(fn, item): item for item in items}
+    try:
+        for future in as_completed(futures):
+            item = futures[future]
+            try:
+                answers[item] = future.result()
+            except (OSError, errors.AuroraError) as exc:
+                if failures is not None:
+                    failures[item] = exc
+                continue
+            if enough(answers):
+                break
+    finally:
+        pool.shutdown(wait=False)
+    return answers
+
+
 # ---- metadata on the nodes, quorum-written ----------------------------------------------------
 
 def meta_read(links, key, need=READ_QUORUM):
-    """(version, value dict or None) from at least ``need`` nodes, the highest version wins."""
-    answers = []
-    failures = []
-    for link in links:
-        try:
-            with link.client() as client:
-                version, value = client.meta_get(key)
-            answers.append((version, value))
-        except (OSError, errors.AuroraError) as exc:
-            failures.append("%s (%s)" % (link.node_id, exc))
+    """(version, value dict or None) from at least ``need`` nodes, the highest version wins
+    (a read quorum meets every completed write quorum, so ``need`` answers are enough)."""
+    def get(link):
+        with link.client() as client:
+            return client.meta_get(key)
+
+    failed = {}
+    got = gather_until(list(links), get, lambda answers: len(answers) >= need, failed)
+    answers = list(got.values())
+    failures = ["%s (%s)" % (link.node_id, exc) for link, exc in failed.items()]
     if len(answers) < need:
         raise errors.QuorumLost("metadata %r: %d of %d nodes answered, need %d; unreachable: %s"
                                 % (key, len(answers), len(links), need, ", ".join(failures)))
@@ -89,15 +121,15 @@ def meta_read(links, key, need=READ_QUORUM):
 def meta_write(links, key, version, value, need=WRITE_QUORUM):
     """Store ``value`` under ``version`` on every reachable node; at least ``need`` must take it."""
     data = json.dumps(value, sort_keys=True).encode()
-    stored = 0
-    failures = []
-    for link in links:
-        try:
-            with link.client() as client:
-                if client.meta_put(key, version, data) >= version:
-                    stored += 1
-        except (OSError, errors.AuroraError) as exc:
-            failures.append("%s (%s)" % (link.node_id, exc))
+
+    def put(link):
+        with link.client() as client:
+            return client.meta_put(key, version, data) >= version
+
+    failed = {}
+    got = gather_until(list(links), put, lambda answers: sum(answers.values()) >= need, failed)
+    stored = sum(got.values())
+    failures = ["%s (%s)" % (link.node_id, exc) for link, exc in failed.items()]
     if stored < need:
         raise errors.QuorumLost("metadata %r version %d reached %d of %d nodes, need %d; unreachable: %s"
                                 % (key, version, stored, len(links), need, ", ".join(failures)))
@@ -556,13 +588,17 @@ class Volume:
         is on one of them (a write quorum of 4 and a read quorum of 3 of 6 intersect) and
         VDL covers it.  See docs/writer.md, "Recovery and fencing"."""
         meta = self.meta
+        phases = {}
+        started = time.monotonic()
         # Step 1: fence.  The epoch alone; the truncation history rides along so a member
         # that missed an earlier recovery catches up (nodes skip ranges they hold already).
         fenced = self._raise_epoch(key, dict(meta, epoch=meta["epoch"] + 1), "recovery (fencing)")
+        phases["fence_s"], started = time.monotonic() - started, time.monotonic()
         # Step 2: read, from fenced members only: a member that has not taken the new epoch
         # may still be accepting the old writer's records and its listing could miss one that
         # is acknowledged a moment later.
         base, listings = self._read_recovery_quorum(fenced)
+        phases["read_s"], started = time.monotonic() - started, time.monotonic()
         # The decisions (VCL, VDL, backlinks, truncation range) are sans-IO, shared with the
         # simulator (aurora/recovery.py).
         result = recovery.compute_recovery(self.members, listings, base, self.meta["truncations"], self.lal)
@@ -576,13 +612,16 @@ class Volume:
         truncated = dict(self.meta, epoch=self.meta["epoch"] + 1,
                          truncations=self.meta["truncations"] + [[vdl, through]])
         self._raise_epoch(key, truncated, "recovery (truncating)")
+        phases["truncate_s"], started = time.monotonic() - started, time.monotonic()
         self._await_recovered_quorum(prev_lsn_pg)
+        phases["await_quorum_s"] = time.monotonic() - started
         # Every LSN up to `through` is now durable or void, so the new writer starts there:
         # its VDL begins at `through` (LAL back-pressure counts from it) and its first record
         # is through + 1.
         self._start(vdl=through, next_lsn=through + 1, prev_lsn_pg=prev_lsn_pg)
         self.recovery = {"created": False, "base": base, "vcl": vcl, "vdl": vdl,
-                         "records_listed": result.records_listed, "truncated": [vdl, through], "epoch": self.epoch}
+                         "records_listed": result.records_listed, "truncated": [vdl, through], "epoch": self.epoch,
+                         "phases": phases}
 
     def _raise_epoch(self, key, new_meta, what):
         """Make ``new_meta`` (a higher epoch, maybe a longer truncation history) the volume's:
@@ -599,11 +638,19 @@ class Volume:
                 client.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK, volume_epoch=self.epoch)
 
         nodes = sorted({n for ids in self.members.values() for n in ids})
-        done = {n for n, ok in zip(nodes, self._on_each(nodes, set_epoch)) if ok is not None}
+        done = set(gather_until(nodes, set_epoch, lambda answers: self._every_pg_has(answers, WRITE_QUORUM)))
         for pg, ids in self.members.items():
             if len([n for n in ids if n in done]) < WRITE_QUORUM:
                 raise self._quorum_lost(pg, [n for n in ids if n not in done], WRITE_QUORUM, what)
         return done
+
+    def _every_pg_has(self, answered, need):
+        """Whether ``need`` members of every PG are in ``answered`` (node ids, or (pg, node
+        id) pairs)."""
+        for pg, ids in self.members.items():
+            if sum(1 for n in ids if n in answered or (pg, n) in answered) < need:
+                return False
+        return True
 
     def _read_recovery_quorum(self, fenced):
         """(base, listings) from the members in ``fenced``; a read quorum of each PG must answer.
@@ -616,7 +663,7 @@ class Volume:
             with self.links[pair[1]].client() as client:
                 return client.list_records(pair[0], _native.LSN_MAX, 0)
 
-        answers = {pair: a for pair, a in zip(pairs, self._on_each(pairs, first_round)) if a is not None}
+        answers = gather_until(pairs, first_round, lambda got: self._every_pg_has(got, READ_QUORUM))
         for pg, ids in self.members.items():
             got = [n for n in ids if (pg, n) in answers]
             if len(got) < READ_QUORUM:
@@ -639,29 +686,17 @@ class Volume:
                     after = entries[-1][0]
             return listing
 
-        for (pg, node_id), listing in zip(pairs, self._on_each(pairs, second_round)):
-            listings.setdefault(pg, {})
-            if listing is not None:
-                listings[pg][node_id] = listing
+        # Only members that answered the first round, and only until a read quorum of every
+        # PG has listed completely.
+        answered = [pair for pair in pairs if pair in answers]
+        for (pg, node_id), listing in gather_until(
+                answered, second_round, lambda got: self._every_pg_has(got, READ_QUORUM)).items():
+            listings.setdefault(pg, {})[node_id] = listing
         for pg, ids in self.members.items():
             if len(listings.get(pg, {})) < READ_QUORUM:
                 raise self._quorum_lost(pg, [n for n in ids if n not in listings.get(pg, {})],
                                         READ_QUORUM, "recovery")
         return base, listings
-
-    def _on_each(self, node_ids, fn):
-        """``fn(node_id)`` for every node at once (recovery's round trips are independent);
-        a list of results in the same order, None where the node failed."""
-        def guarded(node_id):
-            try:
-                result = fn(node_id)
-                return True if result is None else result
-            except (OSError, errors.AuroraError):
-                return None
-        if not node_ids:
-            return []
-        with ThreadPoolExecutor(max_workers=min(RECOVERY_PARALLEL_MAX, len(node_ids))) as pool:
-            return list(pool.map(guarded, node_ids))
 
     def _await_recovered_quorum(self, prev_lsn_pg):
         """Recovery counts a record seen on any one member of a read quorum; until gossip has
@@ -675,11 +710,13 @@ class Volume:
                 with self.links[pair[1]].client() as client:
                     return client.list_records(pair[0], _native.LSN_MAX, 0)[0]
 
-            answers = self._on_each(pairs, scl_of)
+            def covered(got):
+                return self._every_pg_has({pair for pair, scl in got.items()
+                                           if scl >= prev_lsn_pg.get(pair[0], 0)}, WRITE_QUORUM)
+
             member_scls = collections.defaultdict(list)
-            for (pg, _), scl in zip(pairs, answers):
-                if scl is not None and scl is not True:
-                    member_scls[pg].append(scl)
+            for (pg, _), scl in gather_until(pairs, scl_of, covered).items():
+                member_scls[pg].append(scl)
             behind = recovery.pgs_below_write_quorum(prev_lsn_pg, member_scls, WRITE_QUORUM)
             if not behind:
                 return
@@ -825,6 +862,16 @@ class Volume:
             raise self._quorum_lost_for(lsn, timeout)
 
     def _log_mtr(self):
+        try:
+            return self._log_mtr_unguarded()
+        except ValueError:
+            # Another thread fenced this writer (a newer writer recovered the volume) after
+            # this MTR passed its check: the failed tracker refuses the LSNs.  Say what happened.
+            if self._fenced:
+                raise errors.WriterFenced(self._fenced) from None
+            raise
+
+    def _log_mtr_unguarded(self):
         changes = getattr(self._mtrs, "changes", None) or {}
         self._mtrs.changes = {}
         with self._lock:
@@ -914,8 +961,8 @@ class Volume:
         if scl > link.acked_scl.get(pg, 0):
             link.acked_scl[pg] = scl
         ids = self.members.get(pg)
-        if ids is None or link.node_id not in ids:
-            return
+        if ids is None or link.node_id not in ids or self._fenced:
+            return      # a fenced writer's tracker has failed: acks change nothing any more
         # An SCL above everything registered says nothing more (it can only come from a
         # member that has not truncated yet); the tracker refuses it, so clamp.
         self.tracker.ack(pg, ids.index(link.node_id), min(scl, self.tracker.highest_lsn))
@@ -1068,6 +1115,13 @@ class Volume:
                 data = bytes(frame.body[p.PAGE_BODY.size:])
                 if frame.type != p.FRAME_PAGE or page_no_back != page_no or len(data) != self.page_size:
                     raise errors.FormatError("unexpected reply to GET_PAGE from %s" % node_id)
+            except p.StaleEpochError as exc:
+                # A newer writer has recovered the volume: this one is fenced, and says so.
+                for other_node, _, _ in pending.values():
+                    self._drop_reader(other_node)
+                self._drop_reader(node_id)
+                self._fence("node %s: %s" % (node_id, exc))
+                raise errors.WriterFenced(self._fenced) from None
             except (OSError, errors.AuroraError) as exc:
                 self._drop_reader(node_id)
                 failures.append("%s: %s" % (node_id, exc))

@@ -212,7 +212,7 @@ def test_recovery_time(benchmark, gib):
             assert info["vdl"] >= child.acked, (info, child.acked)
             rounds.append({"seconds": seconds, "records_listed": info["records_listed"],
                            "vdl_minus_base": info["vdl"] - info["base"], "acked_before_kill": child.acked,
-                           "child_open_seconds": child.open_seconds})
+                           "child_open_seconds": child.open_seconds, "phases": info.get("phases")})
 
         benchmark.pedantic(recover, setup=kill_a_writer_mid_stream, rounds=ROUNDS, iterations=1)
         times = sorted(r["seconds"] for r in rounds)
