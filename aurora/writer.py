@@ -611,9 +611,9 @@ class Volume:
         # every truncation first, so no member ever holds this epoch without the truncation.
         truncated = dict(self.meta, epoch=self.meta["epoch"] + 1,
                          truncations=self.meta["truncations"] + [[vdl, through]])
-        self._raise_epoch(key, truncated, "recovery (truncating)")
+        have_epoch = self._raise_epoch(key, truncated, "recovery (truncating)")
         phases["truncate_s"], started = time.monotonic() - started, time.monotonic()
-        self._await_recovered_quorum(prev_lsn_pg)
+        self._await_recovered_quorum(prev_lsn_pg, have_epoch)
         phases["await_quorum_s"] = time.monotonic() - started
         # Every LSN up to `through` is now durable or void, so the new writer starts there:
         # its VDL begins at `through` (LAL back-pressure counts from it) and its first record
@@ -698,16 +698,25 @@ class Volume:
                                         READ_QUORUM, "recovery")
         return base, listings
 
-    def _await_recovered_quorum(self, prev_lsn_pg):
+    def _await_recovered_quorum(self, prev_lsn_pg, have_epoch=None):
         """Recovery counts a record seen on any one member of a read quorum; until gossip has
         copied the recovered chain of every PG to a write quorum it is not durable, and this
-        writer must neither hint VDL nor commit on top of it (found by the simulator)."""
+        writer must neither hint VDL nor commit on top of it (found by the simulator).
+
+        Members not in ``have_epoch`` (the truncation step returned without them) are sent
+        SET_EPOCH again first: peers gossip only at equal epochs, so a recovered record held
+        only by a member still at an older epoch could not spread until it has the new one."""
         deadline = time.monotonic() + self.commit_timeout
+        have_epoch = set(have_epoch) if have_epoch is not None else None
+        body = self._set_epoch_body()
         while True:
             pairs = [(pg, n) for pg, ids in self.members.items() for n in ids]
 
             def scl_of(pair):
                 with self.links[pair[1]].client() as client:
+                    if have_epoch is not None and pair[1] not in have_epoch:
+                        client.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK, volume_epoch=self.epoch)
+                        have_epoch.add(pair[1])
                     return client.list_records(pair[0], _native.LSN_MAX, 0)[0]
 
             def covered(got):
