@@ -852,14 +852,12 @@ class Segment:
         lo = bisect.bisect_right(ordered, after)
         hi = bisect.bisect_right(ordered, through)
         dropped = ordered[lo:hi]
-        dropped_pages = set()
         if dropped:
             gone = set(dropped)
             touched = set()
             for lsn in dropped:
                 entry = self._entry(lsn)
                 touched.add(entry[I_FILE])
-                dropped_pages.add(entry[I_PAGE])
                 del self.records[lsn]
                 self._unchain(entry[I_PAGE], lsn)
             for log in touched:
@@ -867,11 +865,7 @@ class Segment:
             del ordered[lo:hi]
             self.damaged_lsns = {lsn for lsn in self.damaged_lsns if lsn not in gone}
         if versions_above:
-            # A page version's LSN is that of the page's record it was built up to, and no
-            # record above the low-water mark (<= VDL <= after) is ever garbage-collected, so
-            # only the pages of the records dropped here can hold a version in the range.
-            # Visiting just those keeps truncation from scanning the whole segment.
-            for page_no in dropped_pages:
+            for page_no in list(self.pages.versions):
                 if self.pages.drop_versions(page_no, lambda lsn: after < lsn <= through):
                     self._dirty_pages.add(page_no)
             self.pages.sync()
