@@ -14,8 +14,9 @@ Invariants (DESIGN.md section 2) and where they are kept:
   1. commit() returns only once VDL >= its CPL (QuorumTracker.wait);
   2. the tracker's values only move forward; a new epoch starts a new tracker;
   5. an MTR's records reach the log together, under one lock, with the CPL last;
-  6. _recover uses a read quorum of every PG and truncates (VDL, VDL + LAL] durably under a
-     new epoch before the first write;
+  6. _recover fences first (a new epoch on a write quorum of every PG), then reads a read
+     quorum of fenced members, then truncates (VDL, VDL + LAL] durably under one more epoch,
+     all before the first write;
   7. the buffer pool never evicts a page whose LSN is above VDL (BufferPool.evict).
 """
 import array
@@ -30,7 +31,7 @@ import socket
 import struct
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 
@@ -67,19 +68,51 @@ BOXCAR_BYTES_MAX = 8 * 1024 * 1024         # largest batch the sender makes by m
 APPEND_WINDOW = int(os.environ.get("AURORA_APPEND_WINDOW", "1"))  # boxcars per PG awaiting a quorum
 
 
+# ---- quorum round trips that do not wait for stragglers ---------------------------------------
+
+def gather_until(items, fn, enough, failures=None):
+    """``fn(item)`` for every item at once; {item: result} of those that answered, returned as
+    soon as ``enough(answers)`` holds or every call has finished.  A call that raises OSError
+    or AuroraError is a failure (its message goes to ``failures``, a dict, if given).
+
+    Calls still running are left to finish on their own: a member that is slow (a long
+    background step, a loaded machine) must not hold up a quorum that the others already
+    make, or recovery's time would be the slowest node's, not the quorum's.  Every call is
+    bounded by its socket timeout."""
+    answers = {}
+    if not items:
+        return answers
+    pool = ThreadPoolExecutor(max_workers=min(RECOVERY_PARALLEL_MAX, len(items)))
+    futures = {pool.submit(fn, item): item for item in items}
+    try:
+        for future in as_completed(futures):
+            item = futures[future]
+            try:
+                answers[item] = future.result()
+            except (OSError, errors.AuroraError) as exc:
+                if failures is not None:
+                    failures[item] = exc
+                continue
+            if enough(answers):
+                break
+    finally:
+        pool.shutdown(wait=False)
+    return answers
+
+
 # ---- metadata on the nodes, quorum-written ----------------------------------------------------
 
 def meta_read(links, key, need=READ_QUORUM):
-    """(version, value dict or None) from at least ``need`` nodes, the highest version wins."""
-    answers = []
-    failures = []
-    for link in links:
-        try:
-            with link.client() as client:
-                version, value = client.meta_get(key)
-            answers.append((version, value))
-        except (OSError, errors.AuroraError) as exc:
-            failures.append("%s (%s)" % (link.node_id, exc))
+    """(version, value dict or None) from at least ``need`` nodes, the highest version wins
+    (a read quorum meets every completed write quorum, so ``need`` answers are enough)."""
+    def get(link):
+        with link.client() as client:
+            return client.meta_get(key)
+
+    failed = {}
+    got = gather_until(list(links), get, lambda answers: len(answers) >= need, failed)
+    answers = list(got.values())
+    failures = ["%s (%s)" % (link.node_id, exc) for link, exc in failed.items()]
     if len(answers) < need:
         raise errors.QuorumLost("metadata %r: %d of %d nodes answered, need %d; unreachable: %s"
                                 % (key, len(answers), len(links), need, ", ".join(failures)))
@@ -90,15 +123,15 @@ def meta_read(links, key, need=READ_QUORUM):
 def meta_write(links, key, version, value, need=WRITE_QUORUM):
     """Store ``value`` under ``version`` on every reachable node; at least ``need`` must take it."""
     data = json.dumps(value, sort_keys=True).encode()
-    stored = 0
-    failures = []
-    for link in links:
-        try:
-            with link.client() as client:
-                if client.meta_put(key, version, data) >= version:
-                    stored += 1
-        except (OSError, errors.AuroraError) as exc:
-            failures.append("%s (%s)" % (link.node_id, exc))
+
+    def put(link):
+        with link.client() as client:
+            return client.meta_put(key, version, data) >= version
+
+    failed = {}
+    got = gather_until(list(links), put, lambda answers: sum(answers.values()) >= need, failed)
+    stored = sum(got.values())
+    failures = ["%s (%s)" % (link.node_id, exc) for link, exc in failed.items()]
     if stored < need:
         raise errors.QuorumLost("metadata %r version %d reached %d of %d nodes, need %d; unreachable: %s"
                                 % (key, version, stored, len(links), need, ", ".join(failures)))
@@ -713,24 +746,105 @@ class Volume:
         self.highest_cpl = vdl
 
     def _recover(self, key):
-        """Writer recovery (DESIGN.md invariant 6), with no redo replay: read a quorum of every
-        PG's members, find VCL and VDL from the dense LSN sequence, truncate everything above
-        VDL (up to VDL + LAL) under a new epoch on a write quorum, and start above it."""
+        """Writer recovery (DESIGN.md invariant 6), with no redo replay, in three steps whose
+        order is what makes it safe against an old writer that is still alive:
+
+        1. fence: bump the volume epoch in the metadata and on a write quorum of every PG, so
+           from then on those members refuse the old writer's APPENDs (it gets STALE_EPOCH
+           and raises WriterFenced);
+        2. read: list a read quorum of every PG, taken only from members that took the new
+           epoch, and find VCL and VDL from the dense LSN sequence;
+        3. truncate: record (VDL, VDL + LAL] in the metadata and send it with a second epoch
+           bump to a write quorum of every PG, then start above it.
+
+        Reading before fencing would let the old writer get a record acknowledged by 4 of 6
+        between the reads and the fence, and the VDL computed from the earlier reads would
+        then truncate an acknowledged commit.  After step 1 no member of the read set takes
+        anything from the old writer, so every record the old writer ever had acknowledged
+        is on one of them (a write quorum of 4 and a read quorum of 3 of 6 intersect) and
+        VDL covers it.  See docs/writer.md, "Recovery and fencing"."""
         meta = self.meta
-        # Round 1: every member's SCL and VDL hint.  Everything <= the highest hint is durable.
-        pairs = [(pg, n) for pg, ids in self.members.items() for n in ids]
+        phases = {}
+        started = time.monotonic()
+        # Step 1: fence.  The epoch alone; the truncation history rides along so a member
+        # that missed an earlier recovery catches up (nodes skip ranges they hold already).
+        fenced = self._raise_epoch(key, dict(meta, epoch=meta["epoch"] + 1), "recovery (fencing)")
+        phases["fence_s"], started = time.monotonic() - started, time.monotonic()
+        # Step 2: read, from fenced members only: a member that has not taken the new epoch
+        # may still be accepting the old writer's records and its listing could miss one that
+        # is acknowledged a moment later.
+        base, listings = self._read_recovery_quorum(fenced)
+        phases["read_s"], started = time.monotonic() - started, time.monotonic()
+        # The decisions (VCL, VDL, backlinks, truncation range) are sans-IO, shared with the
+        # simulator (aurora/recovery.py).
+        result = recovery.compute_recovery(self.members, listings, base, self.meta["truncations"], self.lal)
+        vcl, vdl, prev_lsn_pg = result.vcl, result.vdl, result.prev_lsn_pg
+        through = result.truncate_through
+        # Step 3: truncate, under one more epoch.  A member that took the fence but misses
+        # this step holds records above VDL that must never be served or gossiped; at the
+        # fence's epoch it would take this writer's APPENDs without having dropped them.  At
+        # a newer epoch it refuses them (EPOCH_AHEAD) and the writer sends it SET_EPOCH with
+        # every truncation first, so no member ever holds this epoch without the truncation.
+        truncated = dict(self.meta, epoch=self.meta["epoch"] + 1,
+                         truncations=self.meta["truncations"] + [[vdl, through]])
+        have_epoch = self._raise_epoch(key, truncated, "recovery (truncating)")
+        phases["truncate_s"], started = time.monotonic() - started, time.monotonic()
+        self._await_recovered_quorum(prev_lsn_pg, have_epoch)
+        phases["await_quorum_s"] = time.monotonic() - started
+        # Every LSN up to `through` is now durable or void, so the new writer starts there:
+        # its VDL begins at `through` (LAL back-pressure counts from it) and its first record
+        # is through + 1.
+        self._start(vdl=through, next_lsn=through + 1, prev_lsn_pg=prev_lsn_pg)
+        self.recovery = {"created": False, "base": base, "vcl": vcl, "vdl": vdl,
+                         "records_listed": result.records_listed, "truncated": [vdl, through], "epoch": self.epoch,
+                         "phases": phases}
+
+    def _raise_epoch(self, key, new_meta, what):
+        """Make ``new_meta`` (a higher epoch, maybe a longer truncation history) the volume's:
+        durable in the metadata on a write quorum of nodes first, then SET_EPOCH with every
+        truncation range to every member.  A write quorum of every PG must take it.  Returns
+        the node ids that did (their epoch is now at least the new one, for good)."""
+        assert new_meta["epoch"] > self.meta["epoch"], (new_meta["epoch"], self.meta["epoch"])
+        self._apply_meta(new_meta, self.meta_version + 1)
+        meta_write(self._all_links(), key, self.meta_version, new_meta)
+        body = self._set_epoch_body()
+
+        def set_epoch(node_id):
+            with self.links[node_id].client() as client:
+                client.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK, volume_epoch=self.epoch)
+
+        nodes = sorted({n for ids in self.members.values() for n in ids})
+        done = set(gather_until(nodes, set_epoch, lambda answers: self._every_pg_has(answers, WRITE_QUORUM)))
+        for pg, ids in self.members.items():
+            if len([n for n in ids if n in done]) < WRITE_QUORUM:
+                raise self._quorum_lost(pg, [n for n in ids if n not in done], WRITE_QUORUM, what)
+        return done
+
+    def _every_pg_has(self, answered, need):
+        """Whether ``need`` members of every PG are in ``answered`` (node ids, or (pg, node
+        id) pairs)."""
+        for pg, ids in self.members.items():
+            if sum(1 for n in ids if n in answered or (pg, n) in answered) < need:
+                return False
+        return True
+
+    def _read_recovery_quorum(self, fenced):
+        """(base, listings) from the members in ``fenced``; a read quorum of each PG must answer.
+
+        Round 1: every member's SCL and VDL hint; everything <= the highest hint is durable,
+        so it is the base.  Round 2: every record above the base, paged."""
+        pairs = [(pg, n) for pg, ids in self.members.items() for n in ids if n in fenced]
 
         def first_round(pair):
             with self.links[pair[1]].client() as client:
                 return client.list_records(pair[0], _native.LSN_MAX, 0)
 
-        answers = {pair: a for pair, a in zip(pairs, self._on_each(pairs, first_round)) if a is not None}
+        answers = gather_until(pairs, first_round, lambda got: self._every_pg_has(got, READ_QUORUM))
         for pg, ids in self.members.items():
             got = [n for n in ids if (pg, n) in answers]
             if len(got) < READ_QUORUM:
                 raise self._quorum_lost(pg, [n for n in ids if n not in got], READ_QUORUM, "recovery")
         base = recovery.recovery_base(a[1] for a in answers.values())
-        # Round 2: every record above the base, from a read quorum of each PG.
         listings = {}         # pg -> {node id: MemberListing}
 
         def second_round(pair):
@@ -748,75 +862,46 @@ class Volume:
                     after = entries[-1][0]
             return listing
 
-        for (pg, node_id), listing in zip(pairs, self._on_each(pairs, second_round)):
-            listings.setdefault(pg, {})
-            if listing is not None:
-                listings[pg][node_id] = listing
+        # Only members that answered the first round, and only until a read quorum of every
+        # PG has listed completely.
+        answered = [pair for pair in pairs if pair in answers]
+        for (pg, node_id), listing in gather_until(
+                answered, second_round, lambda got: self._every_pg_has(got, READ_QUORUM)).items():
+            listings.setdefault(pg, {})[node_id] = listing
         for pg, ids in self.members.items():
             if len(listings.get(pg, {})) < READ_QUORUM:
                 raise self._quorum_lost(pg, [n for n in ids if n not in listings.get(pg, {})],
                                         READ_QUORUM, "recovery")
-        # The decisions (VCL, VDL, backlinks, truncation range) are sans-IO, shared with the
-        # simulator (aurora/recovery.py).
-        result = recovery.compute_recovery(self.members, listings, base, meta["truncations"], self.lal)
-        vcl, vdl, prev_lsn_pg = result.vcl, result.vdl, result.prev_lsn_pg
-        through = result.truncate_through
-        new_meta = dict(meta)
-        new_meta["epoch"] = meta["epoch"] + 1
-        new_meta["truncations"] = meta["truncations"] + [[vdl, through]]
-        self._apply_meta(new_meta, self.meta_version + 1)
-        # The new epoch and the truncation are durable on the nodes before the first write.
-        meta_write(self._all_links(), key, self.meta_version, new_meta)
-        body = self._set_epoch_body()
+        return base, listings
 
-        def set_epoch(node_id):
-            with self.links[node_id].client() as client:
-                client.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK, volume_epoch=self.epoch)
-
-        nodes = sorted({n for ids in self.members.values() for n in ids})
-        done = {n for n, ok in zip(nodes, self._on_each(nodes, set_epoch)) if ok is not None}
-        for pg, ids in self.members.items():
-            if len([n for n in ids if n in done]) < WRITE_QUORUM:
-                raise self._quorum_lost(pg, [n for n in ids if n not in done], WRITE_QUORUM, "recovery")
-        self._await_recovered_quorum(prev_lsn_pg)
-        # Every LSN up to `through` is now durable or void, so the new writer starts there:
-        # its VDL begins at `through` (LAL back-pressure counts from it) and its first record
-        # is through + 1.
-        self._start(vdl=through, next_lsn=through + 1, prev_lsn_pg=prev_lsn_pg)
-        self.recovery = {"created": False, "base": base, "vcl": vcl, "vdl": vdl,
-                         "records_listed": result.records_listed, "truncated": [vdl, through], "epoch": self.epoch}
-
-    def _on_each(self, node_ids, fn):
-        """``fn(node_id)`` for every node at once (recovery's round trips are independent);
-        a list of results in the same order, None where the node failed."""
-        def guarded(node_id):
-            try:
-                result = fn(node_id)
-                return True if result is None else result
-            except (OSError, errors.AuroraError):
-                return None
-        if not node_ids:
-            return []
-        with ThreadPoolExecutor(max_workers=min(RECOVERY_PARALLEL_MAX, len(node_ids))) as pool:
-            return list(pool.map(guarded, node_ids))
-
-    def _await_recovered_quorum(self, prev_lsn_pg):
+    def _await_recovered_quorum(self, prev_lsn_pg, have_epoch=None):
         """Recovery counts a record seen on any one member of a read quorum; until gossip has
         copied the recovered chain of every PG to a write quorum it is not durable, and this
-        writer must neither hint VDL nor commit on top of it (found by the simulator)."""
+        writer must neither hint VDL nor commit on top of it (found by the simulator).
+
+        Members not in ``have_epoch`` (the truncation step returned without them) are sent
+        SET_EPOCH again first: peers gossip only at equal epochs, so a recovered record held
+        only by a member still at an older epoch could not spread until it has the new one."""
         deadline = time.monotonic() + self.commit_timeout
+        have_epoch = set(have_epoch) if have_epoch is not None else None
+        body = self._set_epoch_body()
         while True:
             pairs = [(pg, n) for pg, ids in self.members.items() for n in ids]
 
             def scl_of(pair):
                 with self.links[pair[1]].client() as client:
+                    if have_epoch is not None and pair[1] not in have_epoch:
+                        client.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK, volume_epoch=self.epoch)
+                        have_epoch.add(pair[1])
                     return client.list_records(pair[0], _native.LSN_MAX, 0)[0]
 
-            answers = self._on_each(pairs, scl_of)
+            def covered(got):
+                return self._every_pg_has({pair for pair, scl in got.items()
+                                           if scl >= prev_lsn_pg.get(pair[0], 0)}, WRITE_QUORUM)
+
             member_scls = collections.defaultdict(list)
-            for (pg, _), scl in zip(pairs, answers):
-                if scl is not None and scl is not True:
-                    member_scls[pg].append(scl)
+            for (pg, _), scl in gather_until(pairs, scl_of, covered).items():
+                member_scls[pg].append(scl)
             behind = recovery.pgs_below_write_quorum(prev_lsn_pg, member_scls, WRITE_QUORUM)
             if not behind:
                 return
@@ -875,11 +960,17 @@ class Volume:
                 with link.client() as client:
                     client.request(p.FRAME_CREATE_SEGMENT, self._create_segment_body(pg, link), p.FRAME_OK)
                 created.append(node_id)
+            except p.StaleEpochError as exc:
+                # A newer writer has recovered the volume: this one is fenced, and says so.
+                del self.members[pg]
+                self._fence("node %s: %s" % (node_id, exc))
+                raise errors.WriterFenced(self._fenced) from None
             except (OSError, errors.AuroraError):
                 continue
         if len(created) < WRITE_QUORUM:
+            lost = self._quorum_lost(pg, [n for n in ids if n not in created], WRITE_QUORUM, "creating a segment")
             del self.members[pg]
-            raise self._quorum_lost(pg, [n for n in ids if n not in created], WRITE_QUORUM, "creating a segment")
+            raise lost
         meta = dict(self.meta)
         meta["pgs"] = {str(g): m for g, m in self.members.items()}
         self._apply_meta(meta, self.meta_version + 1)
@@ -956,7 +1047,14 @@ class Volume:
             raise self._quorum_lost_for(lsn, timeout)
 
     def _log_mtr(self):
-        lsn = self._append_mtr()
+        try:
+            lsn = self._append_mtr()
+        except ValueError:
+            # Another thread fenced this writer (a newer writer recovered the volume) after
+            # this MTR passed its check: the failed tracker refuses the LSNs.  Say what happened.
+            if self._fenced:
+                raise errors.WriterFenced(self._fenced) from None
+            raise
         self.pump.kick()
         return lsn
 
@@ -1056,8 +1154,8 @@ class Volume:
         if scl > link.acked_scl.get(pg, 0):
             link.acked_scl[pg] = scl
         index = self.member_index.get(pg, {}).get(link.node_id)
-        if index is None:
-            return
+        if index is None or self._fenced:
+            return      # a fenced writer's tracker has failed: acks change nothing any more
         # An SCL above everything registered says nothing more (it can only come from a
         # member that has not truncated yet); the tracker refuses it, so clamp.
         tracker = self.tracker
@@ -1230,6 +1328,13 @@ class Volume:
                 data = bytes(frame.body[p.PAGE_BODY.size:])
                 if frame.type != p.FRAME_PAGE or page_no_back != page_no or len(data) != self.page_size:
                     raise errors.FormatError("unexpected reply to GET_PAGE from %s" % node_id)
+            except p.StaleEpochError as exc:
+                # A newer writer has recovered the volume: this one is fenced, and says so.
+                for other_node, _, _ in pending.values():
+                    self._drop_reader(other_node)
+                self._drop_reader(node_id)
+                self._fence("node %s: %s" % (node_id, exc))
+                raise errors.WriterFenced(self._fenced) from None
             except (OSError, errors.AuroraError) as exc:
                 self._drop_reader(node_id)
                 failures.append("%s: %s" % (node_id, exc))
