@@ -641,13 +641,15 @@ class BufferPool:
         over = len(self.pages) - self.capacity
         if over <= 0:
             return
-        for page_no in list(self.pages):
-            if over <= 0:
-                break
-            if self.pages[page_no][1] <= vdl:
-                del self.pages[page_no]
-                self.evictions += 1
-                over -= 1
+        victims = []
+        for page_no, entry in self.pages.items():     # least recently used first
+            if entry[1] <= vdl:
+                victims.append(page_no)
+                if len(victims) == over:
+                    break
+        for page_no in victims:
+            del self.pages[page_no]
+        self.evictions += len(victims)
 
 
 # ---- the volume ---------------------------------------------------------------------------
@@ -743,6 +745,7 @@ class Volume:
         self.retained = {pg: collections.deque() for pg in self.members}
         self.retained_bytes = 0
         self.outbox = {}                      # pg -> deque of (APPEND, pg, batch) not yet taken
+        self.fresh_pgs = {}                   # pg created by this writer -> bitmap of pages written
         self.highest_cpl = vdl
 
     def _recover(self, key):
@@ -976,6 +979,7 @@ class Volume:
         self._apply_meta(meta, self.meta_version + 1)
         meta_write(self._all_links(), META_KEY_PREFIX + self.name, self.meta_version, meta)
         self.retained[pg] = collections.deque()
+        self.fresh_pgs[pg] = bytearray((self.pages_per_pg + 7) // 8)   # bit per page written
         self.prev_lsn_pg.setdefault(pg, 0)
 
     def _member_index(self, pg, node_id):
@@ -1077,6 +1081,10 @@ class Volume:
                     continue
                 rtype, payload = _native.encode_change(old, new)
                 records.append((page_no // self.pages_per_pg, page_no, rtype, payload, new, old_lsn))
+                written = self.fresh_pgs.get(page_no // self.pages_per_pg)
+                if written is not None:
+                    index = page_no % self.pages_per_pg
+                    written[index >> 3] |= 1 << (index & 7)
             if not records:
                 return min(self.highest_cpl, self.next_lsn - 1)
             count = len(records)
@@ -1239,7 +1247,7 @@ class Volume:
         """Read the pages an MTR changes that are not cached, before taking the log lock, so
         one committer's GetPage round trips do not hold up every other committer."""
         for page_no in page_nos:
-            if page_no in self.pool.pages:
+            if page_no in self.pool.pages or self._never_written(page_no):
                 continue
             evictions = self.pool.evictions
             vdl = self.tracker.vdl
@@ -1251,10 +1259,22 @@ class Volume:
         """(image, page LSN) of the latest version; the log lock is held."""
         entry = self.pool.get(page_no)
         if entry is None:
-            data, page_lsn = self._get_page(page_no, self.tracker.vdl)
+            if self._never_written(page_no):
+                data, page_lsn = bytes(self.page_size), 0
+            else:
+                data, page_lsn = self._get_page(page_no, self.tracker.vdl)
             self.pool.put(page_no, data, page_lsn, self.tracker.vdl)
             entry = self.pool.get(page_no)
         return entry[0], entry[1]
+
+    def _never_written(self, page_no):
+        """True for a page of a PG this writer created and has not written yet: it is all
+        zeros at LSN 0 on every member, so no GetPage round trip is needed."""
+        written = self.fresh_pgs.get(page_no // self.pages_per_pg)
+        if written is None:
+            return False
+        index = page_no % self.pages_per_pg
+        return not written[index >> 3] & (1 << (index & 7))
 
     def _get_page(self, page_no, read_lsn):
         pg = page_no // self.pages_per_pg
