@@ -157,12 +157,33 @@ def crc_unmask(uint32_t masked):
     return aur_crc_unmask(masked)
 
 
+_SMALL_COLUMN_MAX = 32
+_COLUMN_LIMITS = {np.uint64: (1 << 64) - 1, np.uint32: (1 << 32) - 1, np.uint8: 0xFF}
+
+
+def _small_column(list values, dtype, str name):
+    cdef object limit = _COLUMN_LIMITS[dtype]
+    cdef list checked = []
+    for value in values:
+        if isinstance(value, float) or not hasattr(type(value), "__index__"):
+            raise TypeError("%s must hold integers, not %s" % (name, type(value).__name__))
+        value = operator.index(value)
+        if value < 0 or value > limit:
+            raise ValueError("%s: values must be in [0, %d]" % (name, limit))
+        checked.append(value)
+    return np.array(checked, dtype=dtype)
+
+
 def _column(values, dtype, Py_ssize_t n, str name):
     """``values`` (a sequence, array or scalar) as a contiguous length-n array of ``dtype``;
     ValueError if a value does not fit."""
     if (type(values) is np.ndarray and values.dtype == dtype and values.ndim == 1
             and values.shape[0] == n and values.flags.c_contiguous):
         return values   # the hot path: already the right array, every value fits
+    if type(values) is list and len(values) == n and n <= _SMALL_COLUMN_MAX:
+        # A writer's MTR is a few records: checking each value here costs far less than
+        # numpy's conversion, reductions and broadcast on a tiny array.
+        return _small_column(values, dtype, name)
     array = np.asarray(values)
     if array.dtype.kind == "O" or (array.dtype.kind == "f" and array.size
                                    and not isinstance(values, np.ndarray)):

@@ -53,6 +53,8 @@ FRAME_META_GET = 19        # body: UTF-8 key                            -> META
 FRAME_META = 20            # body: META_BODY + value bytes
 FRAME_META_PUT = 21        # body: META_PUT_BODY + key + value          -> OK (value = version stored)
 FRAME_SET_MEMBERS = 22     # body: SET_MEMBERS_BODY + peer list         -> OK
+FRAME_RING_ATTACH = 23     # body: RING_ATTACH_BODY + UTF-8 path        -> OK (aurora/ring.py)
+FRAME_APPEND_RING = 24     # body: APPEND_RING_BODY (a slot holding a batch) -> ACK, as APPEND
 
 FRAME_NAMES = {v: k[len("FRAME_"):] for k, v in globals().items()
                if k.startswith("FRAME_") and isinstance(v, int) and k not in
@@ -73,6 +75,10 @@ SET_LWM_BODY = struct.Struct("<IIQ")           # pg, reserved, lwm (PGMRPL)
 LIST_RECORDS_BODY = struct.Struct("<IIQ")      # pg, max_count, after_lsn
 RECORD_LIST_BODY = struct.Struct("<IIQQQ")     # pg, count, scl, vdl_hint, last_at_or_below
 RECORD_LIST_ENTRY = struct.Struct("<QQB7x")    # lsn, prev_lsn_pg, flags, pad
+RING_ATTACH_BODY = struct.Struct("<QQ")        # ring_id, size of the ring file
+APPEND_RING_BODY = struct.Struct("<QQII")      # ring_id, offset, length, crc32c of the slot
+RING_PATH_MAX = 4096
+RINGS_PER_CONNECTION_MAX = 4
 VOLUME_HINT_BODY = struct.Struct("<Q")         # vdl
 META_BODY = struct.Struct("<Q")                # version (0 with an empty value: absent)
 META_PUT_BODY = struct.Struct("<QH")           # version, key_length; then key, then value

@@ -14,8 +14,9 @@ Invariants (DESIGN.md section 2) and where they are kept:
   1. commit() returns only once VDL >= its CPL (QuorumTracker.wait);
   2. the tracker's values only move forward; a new epoch starts a new tracker;
   5. an MTR's records reach the log together, under one lock, with the CPL last;
-  6. _recover uses a read quorum of every PG and truncates (VDL, VDL + LAL] durably under a
-     new epoch before the first write;
+  6. _recover fences first (a new epoch on a write quorum of every PG), then reads a read
+     quorum of fenced members, then truncates (VDL, VDL + LAL] durably under one more epoch,
+     all before the first write;
   7. the buffer pool never evicts a page whose LSN is above VDL (BufferPool.evict).
 """
 import array
@@ -30,7 +31,7 @@ import socket
 import struct
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from aurora import _native, errors, protocol as p, recovery
 from aurora.client import NodeClient
 from aurora.node.core import TRUNCATION_ENTRY
 from aurora.node.server import parse_address
+from aurora.ring import RING_BYTES_DEFAULT, SharedRing
 
 log = logging.getLogger("aurora.writer")
 
@@ -63,21 +65,54 @@ PG_RANGES_MAX = 1 << 22
 READERS_PRUNE_EVERY = 32                  # look for connections of finished threads this often                   # batch LSN ranges remembered per PG for read points
 RECV_BYTES = 1 << 20
 BOXCAR_BYTES_MAX = 8 * 1024 * 1024         # largest batch the sender makes by merging
+APPEND_WINDOW = int(os.environ.get("AURORA_APPEND_WINDOW", "1"))  # boxcars per PG awaiting a quorum
+
+
+# ---- quorum round trips that do not wait for stragglers ---------------------------------------
+
+def gather_until(items, fn, enough, failures=None):
+    """``fn(item)`` for every item at once; {item: result} of those that answered, returned as
+    soon as ``enough(answers)`` holds or every call has finished.  A call that raises OSError
+    or AuroraError is a failure (its message goes to ``failures``, a dict, if given).
+
+    Calls still running are left to finish on their own: a member that is slow (a long
+    background step, a loaded machine) must not hold up a quorum that the others already
+    make, or recovery's time would be the slowest node's, not the quorum's.  Every call is
+    bounded by its socket timeout."""
+    answers = {}
+    if not items:
+        return answers
+    pool = ThreadPoolExecutor(max_workers=min(RECOVERY_PARALLEL_MAX, len(items)))
+    futures = {pool.submit(fn, item): item for item in items}
+    try:
+        for future in as_completed(futures):
+            item = futures[future]
+            try:
+                answers[item] = future.result()
+            except (OSError, errors.AuroraError) as exc:
+                if failures is not None:
+                    failures[item] = exc
+                continue
+            if enough(answers):
+                break
+    finally:
+        pool.shutdown(wait=False)
+    return answers
 
 
 # ---- metadata on the nodes, quorum-written ----------------------------------------------------
 
 def meta_read(links, key, need=READ_QUORUM):
-    """(version, value dict or None) from at least ``need`` nodes, the highest version wins."""
-    answers = []
-    failures = []
-    for link in links:
-        try:
-            with link.client() as client:
-                version, value = client.meta_get(key)
-            answers.append((version, value))
-        except (OSError, errors.AuroraError) as exc:
-            failures.append("%s (%s)" % (link.node_id, exc))
+    """(version, value dict or None) from at least ``need`` nodes, the highest version wins
+    (a read quorum meets every completed write quorum, so ``need`` answers are enough)."""
+    def get(link):
+        with link.client() as client:
+            return client.meta_get(key)
+
+    failed = {}
+    got = gather_until(list(links), get, lambda answers: len(answers) >= need, failed)
+    answers = list(got.values())
+    failures = ["%s (%s)" % (link.node_id, exc) for link, exc in failed.items()]
     if len(answers) < need:
         raise errors.QuorumLost("metadata %r: %d of %d nodes answered, need %d; unreachable: %s"
                                 % (key, len(answers), len(links), need, ", ".join(failures)))
@@ -88,15 +123,15 @@ def meta_read(links, key, need=READ_QUORUM):
 def meta_write(links, key, version, value, need=WRITE_QUORUM):
     """Store ``value`` under ``version`` on every reachable node; at least ``need`` must take it."""
     data = json.dumps(value, sort_keys=True).encode()
-    stored = 0
-    failures = []
-    for link in links:
-        try:
-            with link.client() as client:
-                if client.meta_put(key, version, data) >= version:
-                    stored += 1
-        except (OSError, errors.AuroraError) as exc:
-            failures.append("%s (%s)" % (link.node_id, exc))
+
+    def put(link):
+        with link.client() as client:
+            return client.meta_put(key, version, data) >= version
+
+    failed = {}
+    got = gather_until(list(links), put, lambda answers: sum(answers.values()) >= need, failed)
+    stored = sum(got.values())
+    failures = ["%s (%s)" % (link.node_id, exc) for link, exc in failed.items()]
     if stored < need:
         raise errors.QuorumLost("metadata %r version %d reached %d of %d nodes, need %d; unreachable: %s"
                                 % (key, version, stored, len(links), need, ", ".join(failures)))
@@ -144,14 +179,18 @@ def coalesce_appends(items):
             out.append((frame_type, pg, body))
             continue
         bodies = run.setdefault(pg, [])
-        records = BATCH_HEADER.unpack_from(body)[4]
+        header = BATCH_HEADER.unpack_from(body)
+        records = header[4]
+        # Only a strictly increasing run merges: a resend after a reconnect can queue batches
+        # before one that an ERROR put back, and a merged batch must keep LSN order.
         if bodies and (size[pg][0] + records > _native.BATCH_RECORDS_MAX or
-                       size[pg][1] + len(body) > BOXCAR_BYTES_MAX):
+                       size[pg][1] + len(body) > BOXCAR_BYTES_MAX or
+                       header[8] <= size[pg][2]):
             flush()
             bodies = run.setdefault(pg, [])
         bodies.append(body)
-        count, length = size.get(pg, (0, 0))
-        size[pg] = (count + records, length + len(body))
+        count, length, _ = size.get(pg, (0, 0, 0))
+        size[pg] = (count + records, length + len(body), header[9])
     flush()
     return out
 
@@ -181,6 +220,8 @@ class MemberLink:
         self.last_error = None
         self.retry_at = 0.0
         self.retry_delay = RECONNECT_DELAY_S_MIN
+        self.ring_ok = False                 # attached to the volume's shared-memory ring
+        self.ring_refs = {}                  # request_id -> RingSlot announced to this member
 
     def client(self, timeout=READ_TIMEOUT_S):
         v = self.volume
@@ -198,6 +239,9 @@ class MemberLink:
 
     def on_frame(self, frame):
         request = self.inflight.pop(frame.request_id, None)
+        slot = self.ring_refs.pop(frame.request_id, None)
+        if slot is not None:
+            self.volume.ring.release(slot)
         if frame.type == p.FRAME_ACK:
             pg, _, scl, _ = p.ACK_BODY.unpack_from(frame.body)
             self.volume._on_ack(self, pg, scl)
@@ -207,7 +251,12 @@ class MemberLink:
         code, _ = p.ERROR_BODY.unpack_from(frame.body)
         message = bytes(frame.body[p.ERROR_BODY.size:]).decode("utf-8", "replace")
         frame_type, pg, body = request
-        if code == p.ERROR_STALE_EPOCH:
+        if slot is not None and code == p.ERROR_BAD_REQUEST:
+            # The node could not take it from the ring: stop using the ring on this link.
+            log.warning("node %s refused a ring slot (%s); sending inline", self.node_id, message)
+            self.ring_ok = False
+            self.enqueue(frame_type, pg, body)
+        elif code == p.ERROR_STALE_EPOCH:
             self.volume._fence("node %s: %s" % (self.node_id, message))
         elif code == p.ERROR_EPOCH_AHEAD and frame_type != p.FRAME_SET_EPOCH:
             # The node missed this writer's recovery: give it the epoch and the truncations
@@ -241,6 +290,10 @@ class LinkPump:
         self.wake_r.setblocking(False)
         self.selector.register(self.wake_r, selectors.EVENT_READ, None)
         self.registered = {}                 # link -> socket registered with the selector
+        self.next_request_id = 1             # one counter for every link (sender thread only)
+        self.flying = {}                     # pg -> last LSNs of boxcars not yet at a quorum
+        self.round_lock = threading.Lock()   # one send round at a time (sender or a committer)
+        self.held = False                    # a PG's batches wait for its window to open
         self.sender = threading.Thread(target=self._send_loop, name="aurora-sender", daemon=True)
         self.receiver = threading.Thread(target=self._receive_loop, name="aurora-receiver", daemon=True)
 
@@ -282,14 +335,34 @@ class LinkPump:
                 if self.stopping:
                     return
                 self.pending = False
-            for link in self.links:
+            with self.round_lock:
+                self._round(connect=True)
+
+    def kick(self):
+        """Called by a committer right after it handed an MTR to the log: if no round is
+        running, send it from this thread (one thread switch less on the commit path);
+        otherwise make sure the sender runs another round after the current one."""
+        if self.round_lock.acquire(blocking=False):
+            try:
+                self._round(connect=False)
+            finally:
+                self.round_lock.release()
+        else:
+            self.wake_sender()
+
+    def _round(self, connect):
+        shared = self._take_outbox()
+        for link in self.links:
+            if not link.connected:
+                if connect and time.monotonic() >= link.retry_at:
+                    self._connect(link)
                 if not link.connected:
-                    if time.monotonic() >= link.retry_at:
-                        self._connect(link)
-                    if not link.connected:
-                        continue
-                if link.queue:
-                    self._send(link)
+                    continue      # it gets its redo from the retained buffer on reconnect
+            if link.queue or shared:
+                self._send(link, shared)
+        for item in shared:
+            if item[4] is not None:
+                self.volume.ring.release(item[4])     # the round's own hold on the slot
 
     def _next_retry_in(self):
         waits = [link.retry_at - time.monotonic() for link in self.links if not link.connected]
@@ -299,7 +372,57 @@ class LinkPump:
         now = time.monotonic()
         return any(not link.connected and now >= link.retry_at for link in self.links)
 
-    def _send(self, link):
+    def _take_outbox(self):
+        """Batches shipped since the last round, merged per PG and framed once: the same bytes
+        go to all six members (request ids come from one counter for the whole volume, so
+        they stay unique on every link).
+
+        A PG with APPEND_WINDOW boxcars not yet durable at a write quorum keeps its new
+        batches back until one is: its members are busy syncing those, and whatever queues
+        meanwhile leaves as one boxcar (one frame and one append per member instead of many)
+        when the first ACK that makes room arrives."""
+        v = self.volume
+        outbox = v.outbox
+        shared = []
+        ring_links = sum(1 for link in self.links if link.ring_ok) if v.ring is not None else 0
+        held = False
+        for pg in list(outbox):
+            batches = outbox[pg]
+            if not batches:
+                continue
+            flying = self.flying.setdefault(pg, collections.deque())
+            if flying:
+                pgcl = v.tracker.pgcl(pg)
+                while flying and flying[0] <= pgcl:
+                    flying.popleft()
+            if len(flying) >= APPEND_WINDOW:
+                held = True
+                continue
+            items = []
+            while batches:
+                items.append(batches.popleft())
+            for frame_type, _, body in coalesce_appends(items):
+                request_id = self._request_id()
+                flying.append(BATCH_HEADER.unpack_from(body)[9])     # last LSN
+                slot = notice = None
+                if ring_links:
+                    slot = v.ring.put(body)
+                    if slot is not None:
+                        notice = p.encode_frame(p.FRAME_APPEND_RING, p.APPEND_RING_BODY.pack(
+                            v.ring.ring_id, slot.offset, slot.length, slot.crc), request_id,
+                            v.volume_id, v.epoch, v.membership_epoch)
+                inline = None if slot is not None and ring_links == len(self.links) else p.encode_frame(
+                    frame_type, body, request_id, v.volume_id, v.epoch, v.membership_epoch)
+                shared.append([pg, request_id, body, inline, slot, notice])
+        self.held = held
+        return shared
+
+    def _request_id(self):
+        request_id = self.next_request_id
+        self.next_request_id = (request_id + 1) & 0xFFFFFFFF or 1
+        return request_id
+
+    def _send(self, link, shared):
         items = []
         while link.queue:
             items.append(link.queue.popleft())
@@ -307,14 +430,34 @@ class LinkPump:
             return
         v = self.volume
         frames = []
+        # The link's own frames first (resends after a reconnect, SET_EPOCH or CREATE_SEGMENT
+        # before the APPEND they unblock), then this round's shared batches.
         for frame_type, pg, body in coalesce_appends(items):
-            request_id = link.next_request_id
-            link.next_request_id = (request_id + 1) & 0xFFFFFFFF or 1
+            request_id = self._request_id()
             link.inflight[request_id] = (frame_type, pg, body)
             frames.append(p.encode_frame(frame_type, body, request_id, v.volume_id, v.epoch,
                                          v.membership_epoch))
+        for item in shared:
+            pg, request_id, body, inline, slot, notice = item
+            if link.node_id not in v.member_sets.get(pg, ()):
+                continue
+            link.inflight[request_id] = (p.FRAME_APPEND, pg, body)
+            if slot is not None and link.ring_ok:
+                v.ring.hold(slot)
+                link.ring_refs[request_id] = slot
+                frames.append(notice)
+                v.stats["ring_frames"] += 1
+            else:
+                if inline is None:
+                    inline = item[3] = p.encode_frame(p.FRAME_APPEND, body, request_id, v.volume_id,
+                                                      v.epoch, v.membership_epoch)
+                frames.append(inline)
+                v.stats["inline_frames"] += 1
+        sock = link.sock
+        if not frames or sock is None:
+            return
         try:
-            link.sock.sendall(b"".join(frames))
+            sock.sendall(frames[0] if len(frames) == 1 else b"".join(frames))
         except OSError as exc:
             self._disconnected(link, exc)
 
@@ -334,9 +477,11 @@ class LinkPump:
             link.retry_delay = min(link.retry_delay * 2, RECONNECT_DELAY_S_MAX)
             return
         link.retry_delay = RECONNECT_DELAY_S_MIN
+        self._forget_inflight(link)
+        if self.volume.ring is not None and family == socket.AF_UNIX:
+            self._attach_ring(link, sock)
         link.sock = sock
         link.reader = p.FrameReader()
-        link.inflight = {}
         link.connected = True
         with self.cond:
             self.registered[link] = sock
@@ -345,10 +490,51 @@ class LinkPump:
         resend = self.volume._resend_for(link)
         link.queue.extendleft(reversed(resend))
 
+    def _attach_ring(self, link, sock):
+        """RING_ATTACH on a fresh connection, before the receiver watches it: the member maps
+        the ring, or it gets its redo inline."""
+        v = self.volume
+        ring = v.ring
+        body = p.RING_ATTACH_BODY.pack(ring.ring_id, ring.size) + ring.path.encode("utf-8")
+        attached = False
+        try:
+            sock.settimeout(2.0)
+            sock.sendall(p.encode_frame(p.FRAME_RING_ATTACH, body, 0, v.volume_id, v.epoch, v.membership_epoch))
+            reader = p.FrameReader()
+            frame = None
+            while frame is None:
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("node %s closed the connection" % link.node_id)
+                reader.feed(data)
+                frame = next(reader.frames(), None)
+            attached = frame.type == p.FRAME_OK
+            if not attached:
+                log.warning("node %s cannot map the redo ring: %s; sending inline", link.node_id,
+                            bytes(frame.body[p.ERROR_BODY.size:]).decode("utf-8", "replace"))
+        except (OSError, errors.AuroraError) as exc:
+            log.warning("node %s: ring attach failed (%s); sending inline", link.node_id, exc)
+        finally:
+            sock.settimeout(None)
+        link.ring_ok = attached
+
+    def _forget_inflight(self, link):
+        """A connection ended: its requests get no reply; the ring slots announced on it are
+        free as far as this member is concerned."""
+        link.inflight = {}
+        refs = link.ring_refs
+        while refs:
+            try:
+                _, slot = refs.popitem()
+            except KeyError:
+                break
+            self.volume.ring.release(slot)
+
     def _disconnected(self, link, exc):
         if link.connected:
             link.last_error = exc
         link.connected = False
+        self._forget_inflight(link)
         link.retry_at = time.monotonic() + link.retry_delay
         self._close(link)
         self.wake_sender()
@@ -424,6 +610,7 @@ class BufferPool:
         self.pages = collections.OrderedDict()   # page_no -> [bytes, page_lsn]
         self.hits = 0
         self.misses = 0
+        self.evictions = 0                        # pages dropped so far
 
     def get(self, page_no):
         entry = self.pages.get(page_no)
@@ -440,6 +627,16 @@ class BufferPool:
         if len(self.pages) > self.capacity:
             self.evict(vdl)
 
+    def put_fetched(self, page_no, data, page_lsn, vdl, evictions):
+        """Cache an image read from a node without the log lock, unless the pool meanwhile
+        got a newer one (a committer wrote the page) or dropped any page (which might have
+        been a newer version of this one): then the read is stale and is thrown away."""
+        entry = self.pages.get(page_no)
+        if self.evictions != evictions or (entry is not None and entry[1] >= page_lsn):
+            return
+        if entry is None:
+            self.put(page_no, data, page_lsn, vdl)
+
     def evict(self, vdl):
         over = len(self.pages) - self.capacity
         if over <= 0:
@@ -449,6 +646,7 @@ class BufferPool:
                 break
             if self.pages[page_no][1] <= vdl:
                 del self.pages[page_no]
+                self.evictions += 1
                 over -= 1
 
 
@@ -459,7 +657,8 @@ class Volume:
 
     def __init__(self, cluster, name="main", page_size=_native.PAGE_SIZE_DEFAULT,
                  pages_per_pg=None, lal=LAL_DEFAULT, commit_timeout=COMMIT_TIMEOUT_S_DEFAULT,
-                 buffer_pool_pages=BUFFER_POOL_PAGES_DEFAULT, hedge_delay=HEDGE_DELAY_S_DEFAULT):
+                 buffer_pool_pages=BUFFER_POOL_PAGES_DEFAULT, hedge_delay=HEDGE_DELAY_S_DEFAULT,
+                 ring_bytes=None):
         self.cluster = cluster
         self.name = name
         self.commit_timeout = commit_timeout
@@ -482,6 +681,13 @@ class Volume:
         started = time.monotonic()
         self._open(page_size, pages_per_pg or cluster.pages_per_pg or PAGES_PER_PG_DEFAULT, lal)
         self.recovery_seconds = time.monotonic() - started
+        # Members on this host (Unix sockets) read redo from one shared-memory ring
+        # (aurora/ring.py); ring_bytes=0 or AURORA_RING=0 sends everything inline.
+        if ring_bytes is None:
+            ring_bytes = RING_BYTES_DEFAULT if os.environ.get("AURORA_RING", "1") != "0" else 0
+        self.ring = None
+        if ring_bytes and any(link.address.startswith("unix:") for link in self.links.values()):
+            self.ring = SharedRing(ring_bytes)
         # The links start only now: recovery talks to the nodes on connections of its own.
         self.pump = LinkPump(self, self.links.values())
         self.pump.start()
@@ -521,6 +727,8 @@ class Volume:
         self.epoch = meta["epoch"]
         self.membership_epoch = meta["membership_epoch"]
         self.members = {int(pg): ids for pg, ids in meta["pgs"].items()}
+        self.member_sets = {pg: frozenset(ids) for pg, ids in self.members.items()}
+        self.member_index = {pg: {n: i for i, n in enumerate(ids)} for pg, ids in self.members.items()}
 
     def _start(self, vdl, next_lsn, prev_lsn_pg):
         self.tracker = _native.QuorumTracker(MEMBERS_PER_PG, WRITE_QUORUM, vdl)
@@ -534,27 +742,109 @@ class Volume:
         self.pg_ranges = {}
         self.retained = {pg: collections.deque() for pg in self.members}
         self.retained_bytes = 0
+        self.outbox = {}                      # pg -> deque of (APPEND, pg, batch) not yet taken
         self.highest_cpl = vdl
 
     def _recover(self, key):
-        """Writer recovery (DESIGN.md invariant 6), with no redo replay: read a quorum of every
-        PG's members, find VCL and VDL from the dense LSN sequence, truncate everything above
-        VDL (up to VDL + LAL) under a new epoch on a write quorum, and start above it."""
+        """Writer recovery (DESIGN.md invariant 6), with no redo replay, in three steps whose
+        order is what makes it safe against an old writer that is still alive:
+
+        1. fence: bump the volume epoch in the metadata and on a write quorum of every PG, so
+           from then on those members refuse the old writer's APPENDs (it gets STALE_EPOCH
+           and raises WriterFenced);
+        2. read: list a read quorum of every PG, taken only from members that took the new
+           epoch, and find VCL and VDL from the dense LSN sequence;
+        3. truncate: record (VDL, VDL + LAL] in the metadata and send it with a second epoch
+           bump to a write quorum of every PG, then start above it.
+
+        Reading before fencing would let the old writer get a record acknowledged by 4 of 6
+        between the reads and the fence, and the VDL computed from the earlier reads would
+        then truncate an acknowledged commit.  After step 1 no member of the read set takes
+        anything from the old writer, so every record the old writer ever had acknowledged
+        is on one of them (a write quorum of 4 and a read quorum of 3 of 6 intersect) and
+        VDL covers it.  See docs/writer.md, "Recovery and fencing"."""
         meta = self.meta
-        # Round 1: every member's SCL and VDL hint.  Everything <= the highest hint is durable.
-        pairs = [(pg, n) for pg, ids in self.members.items() for n in ids]
+        phases = {}
+        started = time.monotonic()
+        # Step 1: fence.  The epoch alone; the truncation history rides along so a member
+        # that missed an earlier recovery catches up (nodes skip ranges they hold already).
+        fenced = self._raise_epoch(key, dict(meta, epoch=meta["epoch"] + 1), "recovery (fencing)")
+        phases["fence_s"], started = time.monotonic() - started, time.monotonic()
+        # Step 2: read, from fenced members only: a member that has not taken the new epoch
+        # may still be accepting the old writer's records and its listing could miss one that
+        # is acknowledged a moment later.
+        base, listings = self._read_recovery_quorum(fenced)
+        phases["read_s"], started = time.monotonic() - started, time.monotonic()
+        # The decisions (VCL, VDL, backlinks, truncation range) are sans-IO, shared with the
+        # simulator (aurora/recovery.py).
+        result = recovery.compute_recovery(self.members, listings, base, self.meta["truncations"], self.lal)
+        vcl, vdl, prev_lsn_pg = result.vcl, result.vdl, result.prev_lsn_pg
+        through = result.truncate_through
+        # Step 3: truncate, under one more epoch.  A member that took the fence but misses
+        # this step holds records above VDL that must never be served or gossiped; at the
+        # fence's epoch it would take this writer's APPENDs without having dropped them.  At
+        # a newer epoch it refuses them (EPOCH_AHEAD) and the writer sends it SET_EPOCH with
+        # every truncation first, so no member ever holds this epoch without the truncation.
+        truncated = dict(self.meta, epoch=self.meta["epoch"] + 1,
+                         truncations=self.meta["truncations"] + [[vdl, through]])
+        have_epoch = self._raise_epoch(key, truncated, "recovery (truncating)")
+        phases["truncate_s"], started = time.monotonic() - started, time.monotonic()
+        self._await_recovered_quorum(prev_lsn_pg, have_epoch)
+        phases["await_quorum_s"] = time.monotonic() - started
+        # Every LSN up to `through` is now durable or void, so the new writer starts there:
+        # its VDL begins at `through` (LAL back-pressure counts from it) and its first record
+        # is through + 1.
+        self._start(vdl=through, next_lsn=through + 1, prev_lsn_pg=prev_lsn_pg)
+        self.recovery = {"created": False, "base": base, "vcl": vcl, "vdl": vdl,
+                         "records_listed": result.records_listed, "truncated": [vdl, through], "epoch": self.epoch,
+                         "phases": phases}
+
+    def _raise_epoch(self, key, new_meta, what):
+        """Make ``new_meta`` (a higher epoch, maybe a longer truncation history) the volume's:
+        durable in the metadata on a write quorum of nodes first, then SET_EPOCH with every
+        truncation range to every member.  A write quorum of every PG must take it.  Returns
+        the node ids that did (their epoch is now at least the new one, for good)."""
+        assert new_meta["epoch"] > self.meta["epoch"], (new_meta["epoch"], self.meta["epoch"])
+        self._apply_meta(new_meta, self.meta_version + 1)
+        meta_write(self._all_links(), key, self.meta_version, new_meta)
+        body = self._set_epoch_body()
+
+        def set_epoch(node_id):
+            with self.links[node_id].client() as client:
+                client.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK, volume_epoch=self.epoch)
+
+        nodes = sorted({n for ids in self.members.values() for n in ids})
+        done = set(gather_until(nodes, set_epoch, lambda answers: self._every_pg_has(answers, WRITE_QUORUM)))
+        for pg, ids in self.members.items():
+            if len([n for n in ids if n in done]) < WRITE_QUORUM:
+                raise self._quorum_lost(pg, [n for n in ids if n not in done], WRITE_QUORUM, what)
+        return done
+
+    def _every_pg_has(self, answered, need):
+        """Whether ``need`` members of every PG are in ``answered`` (node ids, or (pg, node
+        id) pairs)."""
+        for pg, ids in self.members.items():
+            if sum(1 for n in ids if n in answered or (pg, n) in answered) < need:
+                return False
+        return True
+
+    def _read_recovery_quorum(self, fenced):
+        """(base, listings) from the members in ``fenced``; a read quorum of each PG must answer.
+
+        Round 1: every member's SCL and VDL hint; everything <= the highest hint is durable,
+        so it is the base.  Round 2: every record above the base, paged."""
+        pairs = [(pg, n) for pg, ids in self.members.items() for n in ids if n in fenced]
 
         def first_round(pair):
             with self.links[pair[1]].client() as client:
                 return client.list_records(pair[0], _native.LSN_MAX, 0)
 
-        answers = {pair: a for pair, a in zip(pairs, self._on_each(pairs, first_round)) if a is not None}
+        answers = gather_until(pairs, first_round, lambda got: self._every_pg_has(got, READ_QUORUM))
         for pg, ids in self.members.items():
             got = [n for n in ids if (pg, n) in answers]
             if len(got) < READ_QUORUM:
                 raise self._quorum_lost(pg, [n for n in ids if n not in got], READ_QUORUM, "recovery")
         base = recovery.recovery_base(a[1] for a in answers.values())
-        # Round 2: every record above the base, from a read quorum of each PG.
         listings = {}         # pg -> {node id: MemberListing}
 
         def second_round(pair):
@@ -572,75 +862,46 @@ class Volume:
                     after = entries[-1][0]
             return listing
 
-        for (pg, node_id), listing in zip(pairs, self._on_each(pairs, second_round)):
-            listings.setdefault(pg, {})
-            if listing is not None:
-                listings[pg][node_id] = listing
+        # Only members that answered the first round, and only until a read quorum of every
+        # PG has listed completely.
+        answered = [pair for pair in pairs if pair in answers]
+        for (pg, node_id), listing in gather_until(
+                answered, second_round, lambda got: self._every_pg_has(got, READ_QUORUM)).items():
+            listings.setdefault(pg, {})[node_id] = listing
         for pg, ids in self.members.items():
             if len(listings.get(pg, {})) < READ_QUORUM:
                 raise self._quorum_lost(pg, [n for n in ids if n not in listings.get(pg, {})],
                                         READ_QUORUM, "recovery")
-        # The decisions (VCL, VDL, backlinks, truncation range) are sans-IO, shared with the
-        # simulator (aurora/recovery.py).
-        result = recovery.compute_recovery(self.members, listings, base, meta["truncations"], self.lal)
-        vcl, vdl, prev_lsn_pg = result.vcl, result.vdl, result.prev_lsn_pg
-        through = result.truncate_through
-        new_meta = dict(meta)
-        new_meta["epoch"] = meta["epoch"] + 1
-        new_meta["truncations"] = meta["truncations"] + [[vdl, through]]
-        self._apply_meta(new_meta, self.meta_version + 1)
-        # The new epoch and the truncation are durable on the nodes before the first write.
-        meta_write(self._all_links(), key, self.meta_version, new_meta)
-        body = self._set_epoch_body()
+        return base, listings
 
-        def set_epoch(node_id):
-            with self.links[node_id].client() as client:
-                client.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK, volume_epoch=self.epoch)
-
-        nodes = sorted({n for ids in self.members.values() for n in ids})
-        done = {n for n, ok in zip(nodes, self._on_each(nodes, set_epoch)) if ok is not None}
-        for pg, ids in self.members.items():
-            if len([n for n in ids if n in done]) < WRITE_QUORUM:
-                raise self._quorum_lost(pg, [n for n in ids if n not in done], WRITE_QUORUM, "recovery")
-        self._await_recovered_quorum(prev_lsn_pg)
-        # Every LSN up to `through` is now durable or void, so the new writer starts there:
-        # its VDL begins at `through` (LAL back-pressure counts from it) and its first record
-        # is through + 1.
-        self._start(vdl=through, next_lsn=through + 1, prev_lsn_pg=prev_lsn_pg)
-        self.recovery = {"created": False, "base": base, "vcl": vcl, "vdl": vdl,
-                         "records_listed": result.records_listed, "truncated": [vdl, through], "epoch": self.epoch}
-
-    def _on_each(self, node_ids, fn):
-        """``fn(node_id)`` for every node at once (recovery's round trips are independent);
-        a list of results in the same order, None where the node failed."""
-        def guarded(node_id):
-            try:
-                result = fn(node_id)
-                return True if result is None else result
-            except (OSError, errors.AuroraError):
-                return None
-        if not node_ids:
-            return []
-        with ThreadPoolExecutor(max_workers=min(RECOVERY_PARALLEL_MAX, len(node_ids))) as pool:
-            return list(pool.map(guarded, node_ids))
-
-    def _await_recovered_quorum(self, prev_lsn_pg):
+    def _await_recovered_quorum(self, prev_lsn_pg, have_epoch=None):
         """Recovery counts a record seen on any one member of a read quorum; until gossip has
         copied the recovered chain of every PG to a write quorum it is not durable, and this
-        writer must neither hint VDL nor commit on top of it (found by the simulator)."""
+        writer must neither hint VDL nor commit on top of it (found by the simulator).
+
+        Members not in ``have_epoch`` (the truncation step returned without them) are sent
+        SET_EPOCH again first: peers gossip only at equal epochs, so a recovered record held
+        only by a member still at an older epoch could not spread until it has the new one."""
         deadline = time.monotonic() + self.commit_timeout
+        have_epoch = set(have_epoch) if have_epoch is not None else None
+        body = self._set_epoch_body()
         while True:
             pairs = [(pg, n) for pg, ids in self.members.items() for n in ids]
 
             def scl_of(pair):
                 with self.links[pair[1]].client() as client:
+                    if have_epoch is not None and pair[1] not in have_epoch:
+                        client.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK, volume_epoch=self.epoch)
+                        have_epoch.add(pair[1])
                     return client.list_records(pair[0], _native.LSN_MAX, 0)[0]
 
-            answers = self._on_each(pairs, scl_of)
+            def covered(got):
+                return self._every_pg_has({pair for pair, scl in got.items()
+                                           if scl >= prev_lsn_pg.get(pair[0], 0)}, WRITE_QUORUM)
+
             member_scls = collections.defaultdict(list)
-            for (pg, _), scl in zip(pairs, answers):
-                if scl is not None and scl is not True:
-                    member_scls[pg].append(scl)
+            for (pg, _), scl in gather_until(pairs, scl_of, covered).items():
+                member_scls[pg].append(scl)
             behind = recovery.pgs_below_write_quorum(prev_lsn_pg, member_scls, WRITE_QUORUM)
             if not behind:
                 return
@@ -699,11 +960,17 @@ class Volume:
                 with link.client() as client:
                     client.request(p.FRAME_CREATE_SEGMENT, self._create_segment_body(pg, link), p.FRAME_OK)
                 created.append(node_id)
+            except p.StaleEpochError as exc:
+                # A newer writer has recovered the volume: this one is fenced, and says so.
+                del self.members[pg]
+                self._fence("node %s: %s" % (node_id, exc))
+                raise errors.WriterFenced(self._fenced) from None
             except (OSError, errors.AuroraError):
                 continue
         if len(created) < WRITE_QUORUM:
+            lost = self._quorum_lost(pg, [n for n in ids if n not in created], WRITE_QUORUM, "creating a segment")
             del self.members[pg]
-            raise self._quorum_lost(pg, [n for n in ids if n not in created], WRITE_QUORUM, "creating a segment")
+            raise lost
         meta = dict(self.meta)
         meta["pgs"] = {str(g): m for g, m in self.members.items()}
         self._apply_meta(meta, self.meta_version + 1)
@@ -780,8 +1047,23 @@ class Volume:
             raise self._quorum_lost_for(lsn, timeout)
 
     def _log_mtr(self):
+        try:
+            lsn = self._append_mtr()
+        except ValueError:
+            # Another thread fenced this writer (a newer writer recovered the volume) after
+            # this MTR passed its check: the failed tracker refuses the LSNs.  Say what happened.
+            if self._fenced:
+                raise errors.WriterFenced(self._fenced) from None
+            raise
+        self.pump.kick()
+        return lsn
+
+    def _append_mtr(self):
+        """Turn this thread's staged changes into one MTR in the log (under the log lock);
+        returns its CPL."""
         changes = getattr(self._mtrs, "changes", None) or {}
         self._mtrs.changes = {}
+        self._prefetch(changes)
         with self._lock:
             self._check_open()
             records = []   # (pg, page_no, type, payload, new image, page LSN before)
@@ -849,8 +1131,11 @@ class Volume:
             self.retained_bytes += len(batch)
         self.stats["bytes_shipped"] += len(batch) * len(self.members[pg])
         self.stats["batch_bytes"] += len(batch)
-        for node_id in self.members[pg]:
-            self.links[node_id].enqueue(p.FRAME_APPEND, pg, batch)
+        # Shipped once: the sender merges and frames the batch a single time for all members.
+        queue = self.outbox.get(pg)
+        if queue is None:
+            queue = self.outbox[pg] = collections.deque()
+        queue.append((p.FRAME_APPEND, pg, batch))
 
     def _resend_for(self, link):
         """Frames a (re)connected member still needs: every retained batch above its SCL."""
@@ -868,13 +1153,20 @@ class Volume:
     def _on_ack(self, link, pg, scl):
         if scl > link.acked_scl.get(pg, 0):
             link.acked_scl[pg] = scl
-        ids = self.members.get(pg)
-        if ids is None or link.node_id not in ids:
-            return
+        index = self.member_index.get(pg, {}).get(link.node_id)
+        if index is None or self._fenced:
+            return      # a fenced writer's tracker has failed: acks change nothing any more
         # An SCL above everything registered says nothing more (it can only come from a
         # member that has not truncated yet); the tracker refuses it, so clamp.
-        self.tracker.ack(pg, ids.index(link.node_id), min(scl, self.tracker.highest_lsn))
-        self._trim(pg)
+        tracker = self.tracker
+        tracker.ack(pg, index, min(scl, tracker.highest_lsn))
+        if self.pump.held:
+            self.pump.wake_sender()           # this ACK may open a PG's window
+        retained = self.retained.get(pg)
+        # Nothing can be trimmed unless this ack covers the oldest retained batch (it may have
+        # raised the minimum) or the retained bytes are over the bound.
+        if retained and (retained[0][1] <= scl or self.retained_bytes > RETAINED_BYTES_MAX):
+            self._trim(pg)
 
     def _trim(self, pg):
         """Drop retained redo every member has acknowledged; past RETAINED_BYTES_MAX also what
@@ -929,6 +1221,7 @@ class Volume:
         that are not yet durable)."""
         self._check_open()
         if lsn is None:
+            self._prefetch((page_no,))
             with self._lock:
                 image = self._page_for_write(page_no)[0]
             staged = (getattr(self._mtrs, "changes", None) or {}).get(page_no)
@@ -941,6 +1234,18 @@ class Volume:
         if lsn > self.tracker.vdl:
             raise ValueError("read point %d is above VDL %d" % (lsn, self.tracker.vdl))
         return self._get_page(page_no, lsn)[0]
+
+    def _prefetch(self, page_nos):
+        """Read the pages an MTR changes that are not cached, before taking the log lock, so
+        one committer's GetPage round trips do not hold up every other committer."""
+        for page_no in page_nos:
+            if page_no in self.pool.pages:
+                continue
+            evictions = self.pool.evictions
+            vdl = self.tracker.vdl
+            data, page_lsn = self._get_page(page_no, vdl)
+            with self._lock:     # committers put their new images under it
+                self.pool.put_fetched(page_no, data, page_lsn, vdl, evictions)
 
     def _page_for_write(self, page_no):
         """(image, page LSN) of the latest version; the log lock is held."""
@@ -1023,6 +1328,13 @@ class Volume:
                 data = bytes(frame.body[p.PAGE_BODY.size:])
                 if frame.type != p.FRAME_PAGE or page_no_back != page_no or len(data) != self.page_size:
                     raise errors.FormatError("unexpected reply to GET_PAGE from %s" % node_id)
+            except p.StaleEpochError as exc:
+                # A newer writer has recovered the volume: this one is fenced, and says so.
+                for other_node, _, _ in pending.values():
+                    self._drop_reader(other_node)
+                self._drop_reader(node_id)
+                self._fence("node %s: %s" % (node_id, exc))
+                raise errors.WriterFenced(self._fenced) from None
             except (OSError, errors.AuroraError) as exc:
                 self._drop_reader(node_id)
                 failures.append("%s: %s" % (node_id, exc))
@@ -1084,6 +1396,9 @@ class Volume:
         pump = getattr(self, "pump", None)
         if pump is not None:
             pump.stop()
+        ring = getattr(self, "ring", None)
+        if ring is not None:
+            ring.close()
 
     def __enter__(self):
         return self

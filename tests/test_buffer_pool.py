@@ -20,3 +20,23 @@ def test_eviction_takes_only_durable_pages_least_recently_used_first():
     assert sorted(pool.pages) == [1, 2, 4]
     pool.put(5, b"e", 80, vdl=75)            # now 2 (LSN 60) and 4 (70) are durable too
     assert sorted(pool.pages) == [1, 4, 5]   # 2 was the least recently used durable page
+
+
+def test_a_page_read_without_the_log_lock_never_replaces_a_newer_image():
+    pool = BufferPool(capacity_pages=2)
+    evictions = pool.evictions
+    pool.put(7, b"new", 90, vdl=50)           # a committer wrote page 7 while the read flew
+    pool.put_fetched(7, b"old", 40, 50, evictions)
+    assert pool.pages[7] == [b"new", 90]
+    pool.put_fetched(8, b"fetched", 30, 50, evictions)
+    assert pool.pages[8] == [b"fetched", 30]
+
+
+def test_a_read_in_flight_across_an_eviction_is_thrown_away():
+    pool = BufferPool(capacity_pages=1)
+    evictions = pool.evictions
+    pool.put(7, b"v2", 60, vdl=50)            # written above VDL ...
+    pool.put(8, b"x", 10, vdl=70)             # ... then durable and evicted for page 8
+    assert 7 not in pool.pages and pool.evictions == evictions + 1
+    pool.put_fetched(7, b"v1", 40, 70, evictions)   # the read started before: it may be stale
+    assert 7 not in pool.pages

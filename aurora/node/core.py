@@ -25,6 +25,15 @@ FETCH_MAX_BYTES_CAP = 16 * 1024 * 1024
 GOSSIP_HOLES_PER_ROUND = 16    # hole ranges and damaged records one gossip round goes after
 
 
+def _truncate_once(segment, after, through):
+    """Drop (after, through] from ``segment`` unless that exact range is recorded already:
+    truncation is idempotent, and every recovery's SET_EPOCH carries the whole history."""
+    if [after, through] in segment.state["truncations"]:
+        return False
+    segment.truncate(after, through)
+    return True
+
+
 class Reply:
     """One outgoing frame; ``after_sync`` holds it until the log is durable."""
 
@@ -301,12 +310,18 @@ class NodeCore:
             if through < after:
                 raise p.BadRequestError("truncation range (%d, %d] of PG %d is empty" % (after, through, pg))
         if new_epoch > volume.epoch:
+            # Every range is dropped before the epoch is saved: a crash in between leaves the
+            # old epoch, the writer sends the same SET_EPOCH again, and ranges already done
+            # are skipped (so a re-sent or cumulative list costs nothing per old range).
             for pg, _, after, through in truncations:
                 segment = volume.segments.get(pg)
                 if segment is not None:
-                    segment.truncate(after, through)
+                    _truncate_once(segment, after, through)
             volume.epoch = new_epoch
             volume.save()
+        # At the node's own epoch a SET_EPOCH is a repeat (a writer retrying, or a member
+        # told twice): OK, and nothing changes.  Truncations only ride an epoch increase, so a
+        # node never holds an epoch without every truncation decided before it.
         for segment in volume.segments.values():
             if new_membership > segment.membership_epoch:
                 segment.set_membership_epoch(new_membership)
@@ -319,7 +334,7 @@ class NodeCore:
         segment = self._segment(volume, pg)
         if through < after:
             raise p.BadRequestError("truncation range (%d, %d] is empty" % (after, through))
-        segment.truncate(after, through)
+        _truncate_once(segment, after, through)
         return self._reply(frame, p.FRAME_OK, p.OK_BODY.pack(volume.epoch, segment.membership_epoch, segment.scl),
                            volume)
 
@@ -362,8 +377,9 @@ class NodeCore:
                            volume, membership_epoch=segment.membership_epoch)
 
     def _list_records(self, frame):
-        # Read-only and served at any epoch: writer recovery lists records before the new
-        # epoch exists.  The reply header carries the node's epochs.
+        # Read-only and served at any epoch (recovery lists members after fencing them, but a
+        # listing changes nothing, so no epoch needs refusing).  The reply header carries the
+        # node's epochs.
         pg, max_count, after_lsn = p.LIST_RECORDS_BODY.unpack_from(frame.body)
         volume = self._volume(frame.volume_id)
         segment = self._segment(volume, pg)

@@ -16,6 +16,9 @@ BUGS = {
         "(invariant 5)",
     "recovery-read-2-of-6":
         "writer recovery lists 2 members of each PG instead of a read quorum of 3 (invariant 6)",
+    "recovery-reads-before-fence":
+        "writer recovery lists the read quorum before it bumps the epoch, so an old writer still "
+        "alive can be acknowledged a commit the new VDL then truncates (invariants 1 and 6)",
     "gossip-stale-epoch":
         "gossip: accept_gossip_records takes records from a peer whose reply carries an older "
         "volume epoch (fencing)",
