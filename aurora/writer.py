@@ -1251,7 +1251,12 @@ class Volume:
                 continue
             evictions = self.pool.evictions
             vdl = self.tracker.vdl
-            data, page_lsn = self._get_page(page_no, vdl)
+            try:
+                data, page_lsn = self._get_page(page_no, vdl)
+            except (OSError, errors.AuroraError):
+                # Only a warm-up: the locked path checks for fencing first, reads again and
+                # raises what is really wrong.
+                return
             with self._lock:     # committers put their new images under it
                 self.pool.put_fetched(page_no, data, page_lsn, vdl, evictions)
 

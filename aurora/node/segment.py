@@ -15,7 +15,6 @@ SCL or below the low-water mark; no page or record is served without its CRC che
 import bisect
 import collections
 import gc
-import itertools
 import os
 import struct
 
