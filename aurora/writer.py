@@ -1081,10 +1081,6 @@ class Volume:
                     continue
                 rtype, payload = _native.encode_change(old, new)
                 records.append((page_no // self.pages_per_pg, page_no, rtype, payload, new, old_lsn))
-                written = self.fresh_pgs.get(page_no // self.pages_per_pg)
-                if written is not None:
-                    index = page_no % self.pages_per_pg
-                    written[index >> 3] |= 1 << (index & 7)
             if not records:
                 return min(self.highest_cpl, self.next_lsn - 1)
             count = len(records)
@@ -1094,6 +1090,10 @@ class Volume:
             records.sort(key=lambda r: (r[0], r[1]))
             for r in records:
                 self._ensure_pg(r[0])
+                written = self.fresh_pgs.get(r[0])
+                if written is not None:    # after _ensure_pg: a PG created for this MTR is fresh
+                    index = r[1] % self.pages_per_pg
+                    written[index >> 3] |= 1 << (index & 7)
             images = {r[1]: r[4] for r in records}
             cpl, batches = recovery.build_mtr_batches([(pg, page_no, rtype, payload, old_lsn)
                                                        for pg, page_no, rtype, payload, _, old_lsn in records],
