@@ -38,6 +38,11 @@ def test_new_pages_of_a_fresh_pg_need_no_read_and_read_back_after_recovery(tmp_p
         # Only pages written before and evicted since (the pool holds 8) were read back.
         assert fetched and all(written for _, written in fetched), fetched
         assert volume.read(599 if 599 not in expected else 598) == bytes(4096)
+        # The same writer, its cache emptied: every page written (the first MTR of each PG
+        # included) is read from the nodes, never taken for a fresh zero page.
+        volume.pool.pages.clear()
+        for page_no, page in expected.items():
+            assert volume.read(page_no) == page
         volume.close()
         # A new writer recovers the volume: nothing is "fresh" any more, every page reads back.
         reopened = cluster.open_volume("fresh")
