@@ -13,8 +13,9 @@ Recovery (DESIGN.md invariant 6) with dense LSNs needs no redo replay:
 3. VCL is the end of the run of LSNs above the base that all exist (or lie in a range an
    earlier recovery voided); VDL the highest CPL at or below it;
 4. everything in (VDL, VDL + LAL] is truncated under a new volume epoch: no LSN above it was
-   ever handed out (LAL back-pressure), so the new writer starts at VDL + LAL + 1 (or above
-   the end of an earlier truncation range, if one reaches further).
+   ever handed out (LAL back-pressure), so the new writer starts at VDL + LAL + 1 (or, if an
+   earlier truncation range ends above VDL, at that end + LAL + 1: the writer that started
+   after it counted LAL from its end).
 """
 import collections
 
@@ -95,7 +96,12 @@ def compute_recovery(members, listings, base, truncations, lal, read_quorum=READ
     # must start above all of them: an earlier recovery may have found a higher VDL from
     # records a later read quorum no longer sees (they were on too few members to be
     # durable), and its range can reach past this one's VDL + LAL (found by the simulator).
-    through = max([vdl + lal] + [t for _, t in void if t > vdl])
+    # The writer that started after such a range counted its VDL from the range's end, so it
+    # may have handed out LSNs up to that end + LAL without making any of them durable (else
+    # this VDL would be above the range): truncate those too, or a record it left on a few
+    # members keeps its LSN and shadows the new writer's record of the same LSN (simulator
+    # seed 486: a deposed writer's LSN 160 survived the truncation (95, 159] on n4).
+    through = max([vdl + lal] + [t + lal for _, t in void if t > vdl])
     return Recovery(base, vcl, vdl, prev_lsn_pg, vdl, through, len(present))
 
 

@@ -246,6 +246,36 @@ def test_damaged_page_version_is_never_served(tmp_path):
     segment.close()
 
 
+def test_damaged_page_store_header_is_rewritten_not_fatal(tmp_path):
+    """Found by the simulator (swarm seed 10187): one flipped bit in the reserved bytes of
+    pages.aur's header made every restart of the node fail ("page store header is damaged").
+    The header holds only the geometry the segment already knows, so it is rewritten, the
+    segment is marked for repair, and the page versions (CRC-checked per slot) still serve."""
+    workload = RedoWorkload(page_size=PAGE_SIZE, pages_per_pg=PAGES_PER_PG, seed=12)
+    segment = open_segment(tmp_path / "seg")
+    for _ in range(6):
+        feed(segment, workload, workload.records(6))
+    while segment.materialize_step(8):
+        pass
+    scl = segment.scl
+    versions = segment.pages.version_count()
+    assert versions
+    path = segment.pages.path
+    segment.close()
+    with open(path, "rb") as f:
+        byte = f.read(64)[55]
+    patch(path, 55, bytes([byte ^ 0x10]))
+    segment = open_segment(tmp_path / "seg")
+    assert segment.state["needs_repair"]
+    assert any("page store header is damaged" in line for line in segment.corruption)
+    assert segment.pages.version_count() == versions
+    assert_reads_match(segment, workload, [scl])
+    segment.close()
+    segment = open_segment(tmp_path / "seg")          # the rewritten header is durable
+    assert not segment.pages.header_repaired
+    segment.close()
+
+
 def test_scrub_finds_bit_rot_in_a_running_segment(tmp_path):
     workload = RedoWorkload(page_size=PAGE_SIZE, pages_per_pg=PAGES_PER_PG, seed=11)
     segment = open_segment(tmp_path / "seg")

@@ -180,3 +180,38 @@ def test_truncation_drops_versions_above_materialized_lsn():
     segment = Segment("/n/pg-0", 1, 0, 4096, 64, 64 * 1024, disk)   # and durably so
     assert all(not top - 1 < lsn <= top + 100
                for versions in segment.pages.versions.values() for lsn, _ in versions)
+
+
+def test_seed_486_replays_clean():
+    """Default seed 486: recovery found the same VDL (95) as the one before it and truncated
+    (95, 159] again, but the deposed writer that had started at 160 after the first range had
+    left its LSN 160 on n4; the new writer's LSN 160 (another page) was refused as a
+    duplicate and GET_PAGE raised ChainGapError."""
+    run_seed(486)
+
+
+def test_swarm_seed_10035_replays_clean():
+    """Swarm seed 10035: the same stale range, where the surviving old record of a reused LSN
+    made a node serve wrong page content after losing an AZ (invariant 4)."""
+    run_seed(10035, swarm=True)
+
+
+def test_recovery_truncates_what_the_writer_after_an_earlier_range_could_allocate():
+    """A writer started after the truncation (95, 159] counts its VDL from 159, so it may hand
+    out LSNs up to 159 + LAL without any becoming durable.  A recovery that finds VDL 95 again
+    must truncate all of them, not only (95, 95 + LAL]."""
+    from aurora import recovery
+    lal = 64
+    members = {0: ["a", "b", "c", "d", "e", "f"]}
+    # The deposed writer's LSN 160 (not a CPL: its MTR goes on to 161) reached one member of
+    # the read quorum only.
+    listings = {0: {"a": recovery.MemberListing(95, [(160, 95, 0)]),
+                    "b": recovery.MemberListing(95, []),
+                    "c": recovery.MemberListing(95, [])}}
+    result = recovery.compute_recovery(members, listings, 95, [[95, 159]], lal)
+    assert (result.vcl, result.vdl, result.truncate_after) == (160, 95, 95)
+    assert result.truncate_through >= 159 + lal      # every LSN the deposed writer could use
+    # With no earlier range above VDL, the range stays (VDL, VDL + LAL].
+    plain = recovery.compute_recovery(members, {0: {m: recovery.MemberListing(95, []) for m in "abc"}},
+                                      95, [[10, 20]], lal)
+    assert (plain.truncate_after, plain.truncate_through) == (95, 95 + lal)

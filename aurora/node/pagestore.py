@@ -55,8 +55,14 @@ def _journal_snapshot(store):
 class PageStore:
     """Page versions of one segment.  Not thread-safe: the node's loop owns it."""
 
-    def __init__(self, path, volume_id, pg, page_size, disk=REAL_DISK):
+    def __init__(self, path, volume_id, pg, page_size, disk=REAL_DISK, repair_header=False):
+        """``repair_header``: a header that fails its magic or CRC check (bit rot) is rewritten
+        from the expected geometry instead of refusing the file, and ``header_repaired`` says
+        so; every slot is still CRC-checked on its own.  The segment opens its store this way:
+        its old page versions may be the only copy of pages whose log records were collected,
+        and a node must come back from a damaged file (invariant 9)."""
         self.disk = disk
+        self.header_repaired = False
         self.path = path
         self.volume_id = volume_id
         self.pg = pg
@@ -76,6 +82,10 @@ class PageStore:
             size = disk.file_size(self.fd)
             self.capacity = (size - FILE_HEADER_SIZE) // self.slot_size
             self.mm = disk.mmap(self.fd, size)
+            if repair_header and not self._header_intact():
+                self.mm[:FILE_HEADER_SIZE] = self._header_bytes()
+                disk.fdatasync(self.fd)
+                self.header_repaired = True
             self._check_header()
             self._load()
         except BaseException:
@@ -88,14 +98,24 @@ class PageStore:
 
     # ---- file management ---------------------------------------------------------------
 
-    def _create(self):
-        size = FILE_HEADER_SIZE + SLOTS_INITIAL * self.slot_size
-        self.disk.ftruncate(self.fd, size)
+    def _header_bytes(self):
         header = bytearray(FILE_HEADER_SIZE)
         FILE_HEADER.pack_into(header, 0, FILE_MAGIC, FILE_VERSION, 0, 0, self.page_size,
                               self.volume_id, self.pg, 0, 0)
         struct.pack_into("<I", header, 8, _native.crc_mask(crc32c(memoryview(header)[12:])))
-        self.disk.pwrite(self.fd, bytes(header), 0)
+        return bytes(header)
+
+    def _header_intact(self):
+        """The header's magic and CRC check out (its fields may still not match)."""
+        if len(self.mm) < FILE_HEADER_SIZE:
+            return True   # _check_header refuses a file too short to repair
+        magic, _, _, crc, _, _, _, _, _ = FILE_HEADER.unpack_from(self.mm)
+        return magic == FILE_MAGIC and _native.crc_mask(crc32c(memoryview(self.mm)[12:FILE_HEADER_SIZE])) == crc
+
+    def _create(self):
+        size = FILE_HEADER_SIZE + SLOTS_INITIAL * self.slot_size
+        self.disk.ftruncate(self.fd, size)
+        self.disk.pwrite(self.fd, self._header_bytes(), 0)
         self.disk.fsync(self.fd)
         self.disk.fsync_directory(os.path.dirname(self.path))
 

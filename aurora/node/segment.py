@@ -196,7 +196,12 @@ class Segment:
         state.setdefault("repaired_damage", [])
         state.setdefault("repair_history", [])
         self.state = state
-        self.pages = PageStore(os.path.join(directory, "pages.aur"), volume_id, pg, page_size, disk)
+        self.pages = PageStore(os.path.join(directory, "pages.aur"), volume_id, pg, page_size, disk,
+                               repair_header=True)
+        if self.pages.header_repaired:
+            # Bit rot in the file header took the node down at every restart (simulator,
+            # swarm seed 10187).  The slots are checked one by one; damaged ones get repaired.
+            self._report("pages.aur@0: page store header is damaged; rewritten")
         for slot, offset in self.pages.corrupt_slots:
             self._report("pages.aur@%d: page version in slot %d failed its CRC" % (offset, slot))
         self._scan_logs()
