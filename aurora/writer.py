@@ -817,10 +817,12 @@ class Volume:
                 client.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK, volume_epoch=self.epoch)
 
         nodes = sorted({n for ids in self.members.values() for n in ids})
-        done = set(gather_until(nodes, set_epoch, lambda answers: self._every_pg_has(answers, WRITE_QUORUM)))
+        failures = {}
+        done = set(gather_until(nodes, set_epoch, lambda answers: self._every_pg_has(answers, WRITE_QUORUM),
+                                failures))
         for pg, ids in self.members.items():
             if len([n for n in ids if n in done]) < WRITE_QUORUM:
-                raise self._quorum_lost(pg, [n for n in ids if n not in done], WRITE_QUORUM, what)
+                raise self._quorum_lost(pg, [n for n in ids if n not in done], WRITE_QUORUM, what, failures)
         return done
 
     def _every_pg_has(self, answered, need):
@@ -1199,15 +1201,20 @@ class Volume:
 
     # ---- errors that name what is missing ------------------------------------------------
 
-    def _quorum_lost(self, pg, missing, need, what):
+    def _quorum_lost(self, pg, missing, need, what, failures=None):
+        """QuorumLost naming the PG, the members missing by AZ and, when known, why each
+        failed (a refusal is not the same as a dead node)."""
         az_of = {n.node_id: n.az for n in self.cluster.nodes}
         ids = self.members.get(pg, [])
         by_az = collections.defaultdict(list)
         for node_id in missing:
             by_az[az_of.get(node_id, "?")].append(node_id)
         down = "; ".join("%s: %s down" % (az, ", ".join(nodes)) for az, nodes in sorted(by_az.items()))
-        return errors.QuorumLost("%s: PG %d has %d of %d members reachable (%s); needs %d"
-                                 % (what, pg, len(ids) - len(missing), len(ids), down, need))
+        why = ""
+        if failures:
+            why = " [%s]" % "; ".join("%s: %s" % (n, failures[n]) for n in missing if n in failures)
+        return errors.QuorumLost("%s: PG %d has %d of %d members reachable (%s); needs %d%s"
+                                 % (what, pg, len(ids) - len(missing), len(ids), down, need, why))
 
     def _quorum_lost_for(self, lsn, timeout):
         for pg, ids in sorted(self.members.items()):
