@@ -1299,7 +1299,10 @@ class Volume:
         if not candidates:
             # No ACK has told us a member covers the read point (e.g. just after recovery):
             # any member may; the node refuses a read point above its SCL.
-            candidates = [n for n in ids if self.links[n].connected] or list(ids)
+            # Reads use connections of their own, so a member whose link is still connecting
+            # is asked too, after the connected ones (just after recovery the links are new,
+            # and the two connected first may be the two that lack the recovered chain).
+            candidates = sorted(ids, key=lambda n: not self.links[n].connected)
         candidates.sort(key=lambda n: self.links[n].latency_s)
         return self._hedged_read(pg, page_no, read_lsn, candidates)
 
