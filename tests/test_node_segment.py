@@ -223,13 +223,19 @@ def test_damaged_log_header_marks_the_segment_for_repair(tmp_path):
     segment.close()
 
 
-def test_damaged_page_version_is_never_served(tmp_path):
-    workload = RedoWorkload(page_size=PAGE_SIZE, pages_per_pg=PAGES_PER_PG, seed=10)
+def materialized_segment(tmp_path, seed):
+    """A segment holding six batches of a workload, every page version materialized."""
+    workload = RedoWorkload(page_size=PAGE_SIZE, pages_per_pg=PAGES_PER_PG, seed=seed)
     segment = open_segment(tmp_path / "seg")
     for _ in range(6):
         feed(segment, workload, workload.records(6))
     while segment.materialize_step(8):
         pass
+    return workload, segment
+
+
+def test_damaged_page_version_is_never_served(tmp_path):
+    workload, segment = materialized_segment(tmp_path, seed=10)
     scl = segment.scl
     page_no, versions = next(iter(segment.pages.versions.items()))
     slot = versions[-1][1]
@@ -251,12 +257,7 @@ def test_damaged_page_store_header_is_rewritten_not_fatal(tmp_path):
     pages.aur's header made every restart of the node fail ("page store header is damaged").
     The header holds only the geometry the segment already knows, so it is rewritten, the
     segment is marked for repair, and the page versions (CRC-checked per slot) still serve."""
-    workload = RedoWorkload(page_size=PAGE_SIZE, pages_per_pg=PAGES_PER_PG, seed=12)
-    segment = open_segment(tmp_path / "seg")
-    for _ in range(6):
-        feed(segment, workload, workload.records(6))
-    while segment.materialize_step(8):
-        pass
+    workload, segment = materialized_segment(tmp_path, seed=12)
     scl = segment.scl
     versions = segment.pages.version_count()
     assert versions
