@@ -569,22 +569,26 @@ class Segment:
         contiguous = last - first == int(recs["payload_length"].sum()) + RECORD_HEADER_SIZE * len(recs)
         fresh = self._fresh(recs)
         if contiguous and fresh.all() and last - first <= self.log_file_bytes - LOG_HEADER_SIZE:
-            log = self._log_for(last - first)
-            at = log.append(view[first:last])
-            self._dirty_files.add(log)
+            log, at = self._write(view, first, last)
             added = self._index(log, recs, at - first)
         else:
             added = 0
             for i in np.flatnonzero(fresh).tolist():
                 offset = int(recs["offset"][i])
                 length = RECORD_HEADER_SIZE + int(recs["payload_length"][i])
-                log = self._log_for(length)
-                at = log.append(view[offset:offset + length])
-                self._dirty_files.add(log)
+                log, at = self._write(view, offset, offset + length)
                 added += self._index(log, recs[i:i + 1], at - offset)
         if added:
             self._advance_scl()
         return added
+
+    def _write(self, view, start, end):
+        """Copy ``view[start:end]`` (whole records) to the end of a log file with room; the
+        file is dirty until the next sync.  Returns (log file, offset written at)."""
+        log = self._log_for(end - start)
+        at = log.append(view[start:end])
+        self._dirty_files.add(log)
+        return log, at
 
     def _append_rows(self, view, rows):
         """append() for a live batch of a few records as ``recs.tolist()`` rows: the same
@@ -600,9 +604,7 @@ class Segment:
         last = rows[-1][R_OFFSET] + RECORD_HEADER_SIZE + rows[-1][R_PAYLOAD_LENGTH]
         contiguous = last - first == sum(row[R_PAYLOAD_LENGTH] for row in rows) + RECORD_HEADER_SIZE * len(rows)
         if contiguous and all(fresh) and last - first <= self.log_file_bytes - LOG_HEADER_SIZE:
-            log = self._log_for(last - first)
-            at = log.append(view[first:last])
-            self._dirty_files.add(log)
+            log, at = self._write(view, first, last)
             added = self._index_small(log, rows, at - first)
         else:
             added = 0
@@ -611,9 +613,7 @@ class Segment:
                     continue
                 offset = row[R_OFFSET]
                 length = RECORD_HEADER_SIZE + row[R_PAYLOAD_LENGTH]
-                log = self._log_for(length)
-                at = log.append(view[offset:offset + length])
-                self._dirty_files.add(log)
+                log, at = self._write(view, offset, offset + length)
                 added += self._index_small(log, [row], at - offset)
         if added:
             self._advance_scl()
@@ -785,9 +785,7 @@ class Segment:
             old_log = self.files_by_seq[self.records[lsn] >> LOCATION_SEQ_SHIFT]
             offset = int(recs["offset"][i])
             length = RECORD_HEADER_SIZE + int(recs["payload_length"][i])
-            log = self._log_for(length)
-            at = log.append(view[offset:offset + length])
-            self._dirty_files.add(log)
+            log, at = self._write(view, offset, offset + length)
             old_log.lsns.remove(lsn)
             log.lsns.append(lsn)
             self.records[lsn] = at + (log.seq << LOCATION_SEQ_SHIFT)
