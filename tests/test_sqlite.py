@@ -2,19 +2,16 @@
 
 Every test that takes ``db`` runs against two backends: ``fake`` (tests/sqlite_fake.py, an
 in-memory Volume with the writer's API) and ``real`` (an embedded 6-node fleet through
-aurora.writer.Volume), the latter skipped while the writer cannot commit end to end.
+aurora.writer.Volume).
 """
-import gc
 import importlib.util
 import os
 import pathlib
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import warnings
 
 import pytest
 
@@ -31,40 +28,6 @@ WAL_MESSAGE = "aurora: WAL is not supported"
 
 
 # ---- backends ---------------------------------------------------------------------------------
-
-_real_writer = {}
-
-
-def real_writer_problem():
-    """None if the real writer commits end to end here, else why not (checked once)."""
-    if "problem" not in _real_writer:
-        with warnings.catch_warnings():
-            # A writer that fails half way may leak sockets; that is its bug, not this test's.
-            warnings.simplefilter("ignore")
-            _real_writer["problem"] = _probe_real_writer()
-            gc.collect()
-    return _real_writer["problem"]
-
-
-def _probe_real_writer():
-    if True:
-        problem = None
-        data_dir = tempfile.mkdtemp(prefix="aurora-probe-")
-        cluster = None
-        try:
-            cluster = aurora.Cluster.local(data_dir)
-            volume = cluster.open_volume("probe", 4096)
-            volume.write(0, b"probe")
-            volume.wait_durable(volume.commit_nowait(), timeout=10)
-            if volume.read(0)[:5] != b"probe":
-                problem = "the writer does not read back what it committed"
-        except Exception as exc:   # any failure means: not usable yet
-            problem = "%s: %s" % (type(exc).__name__, exc)
-        finally:
-            if cluster is not None:
-                cluster.close()
-        return problem
-
 
 class FakeBackend:
     name = "fake"
@@ -113,19 +76,9 @@ class RealBackend:
         aurora_sqlite.close(self.data_dir)
 
 
-# aurora/cluster.py's Cluster._answers leaks a socket when a node does not answer yet (a
-# ResourceWarning at garbage collection); that is the cluster's to fix, not these tests'.
-_CLUSTER_SOCKET_LEAK = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning")
-
-
-@pytest.fixture(params=["fake", pytest.param("real", marks=[pytest.mark.process,
-                                                            _CLUSTER_SOCKET_LEAK])])
+@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.process)])
 def backend(request, tmp_path):
     if request.param == "real":
-        problem = real_writer_problem()
-        if problem:
-            pytest.skip("real writer not usable yet: %s" % problem)
         b = RealBackend(tmp_path)
     else:
         b = FakeBackend(tmp_path)
@@ -457,11 +410,7 @@ def test_fenced_writer_commit_fails_clearly_and_database_stays_intact(fake):
 
 
 @pytest.mark.process
-@_CLUSTER_SOCKET_LEAK
 def test_process_level_fencing(tmp_path):
-    problem = real_writer_problem()
-    if problem:
-        pytest.skip("real writer not usable yet: %s" % problem)
     data_dir = str(tmp_path / "fleet")
     db = aurora.connect(data_dir)
     db.execute("CREATE TABLE t (who TEXT)")
