@@ -37,7 +37,7 @@ import numpy as np
 
 from aurora import _native, errors, protocol as p, recovery
 from aurora.client import NodeClient
-from aurora.node.core import TRUNCATION_ENTRY
+from aurora.node.core import TRUNCATION_ALL_PGS, TRUNCATION_ENTRY
 from aurora.node.server import parse_address
 from aurora.ring import RING_BYTES_DEFAULT, SharedRing
 
@@ -918,9 +918,11 @@ class Volume:
             time.sleep(RECOVERY_POLL_S)
 
     def _set_epoch_body(self):
+        # LSNs are volume-wide, so each range holds for every PG: one entry per range, not
+        # one per range and PG (a node then makes a SET_EPOCH durable in one write).
         return p.SET_EPOCH_BODY.pack(self.epoch, self.membership_epoch) + b"".join(
-            TRUNCATION_ENTRY.pack(pg, 0, after, through)
-            for pg in sorted(self.members) for after, through in self.meta["truncations"])
+            TRUNCATION_ENTRY.pack(TRUNCATION_ALL_PGS, 0, after, through)
+            for after, through in self.meta["truncations"])
 
     def _create_segment_body(self, pg, link):
         peers = [self.links[n].address for n in self.members[pg] if n != link.node_id]
