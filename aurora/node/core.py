@@ -97,6 +97,8 @@ class NodeCore:
         self.meta = MetaStore(os.path.join(data_dir, "meta"), disk)
         self.gossip_stats = {"records_accepted": 0, "records_rejected_epoch": 0,
                              "records_rejected_bad": 0}
+        self.gc_pending = False       # the last background_step left GC work (see there)
+        self.background_pending = False   # ... or a materialization pass under way
         disk.makedirs(os.path.join(data_dir, "volumes"), mode=0o700, exist_ok=True)
         identity_path = os.path.join(data_dir, "node.json")
         identity = read_json(identity_path, disk=disk)
@@ -464,16 +466,35 @@ class NodeCore:
     # ---- background work ---------------------------------------------------------------
 
     def background_step(self, materialize_pages=64, scrub_bytes=256 * 1024, gc=False):
-        """One bounded slice of background work over every segment."""
+        """One bounded slice of background work over every segment: materialization, scrub
+        and, with ``gc``, garbage collection.  Returns the work done (records folded, versions
+        dropped, log files deleted); ``gc_pending`` tells whether GC left work for the next
+        slice (a log file half taken out of the index)."""
         work = 0
-        for segment in list(self.segments()):
-            work += segment.materialize_step(materialize_pages)
-            if scrub_bytes:
-                segment.scrub_step(scrub_bytes)
-            if gc:
-                dropped, deleted = segment.gc_step()
-                work += dropped + deleted
+        pending = False
+        busy = False
+        for volume in list(self.volumes.values()):
+            for segment in list(volume.segments.values()):
+                work += segment.materialize_step(materialize_pages)
+                if scrub_bytes:
+                    segment.scrub_step(scrub_bytes)
+                if gc:
+                    # Log files go only up to the VDL hint this node has made durable: a
+                    # recovery lists records above the hints it is told.
+                    dropped, deleted = segment.gc_step(volume.vdl_hint_saved)
+                    work += dropped + deleted
+                pending = pending or segment.gc_pending()
+                busy = busy or segment.background_pending()
+        self.gc_pending = pending
+        self.background_pending = busy
         return work
+
+    def note_peer_scls(self, volume_id, pg, answers):
+        """Record the SCLs a gossip round heard from peers (``answers``: (scl, address))."""
+        _, segment = self._gossip_segment(volume_id, pg)
+        if segment is not None:
+            for scl, address in answers:
+                segment.note_peer_scl(address, scl)
 
     # ---- gossip and repair (driven by aurora/node/gossip.py, under the node's lock) --------
 

@@ -155,6 +155,8 @@ class Gossiper(threading.Thread):
             answers.append((p.SCL_BODY.unpack_from(frame.body)[2], address))
         if not answers:
             return bool(t["holes"] or t["needs_repair"])
+        with self.lock:
+            self.core.note_peer_scls(t["volume_id"], t["pg"], answers)
         answers.sort(reverse=True)
         peer_scl_max = answers[0][0]
         ranges = list(t["holes"])
