@@ -250,7 +250,10 @@ def test_bit_rot_under_a_running_node_is_found_by_the_scrub_and_replaced_from_a_
     assert not segment_status(fleet, 2)["needs_repair"]
 
 
-def test_damaged_page_version_without_its_log_is_fetched_from_a_peer(fleet):
+def collect_then_damage_a_version(fleet, damage_offset):
+    """Three members collect all but their last log file, then n2, stopped, gets one byte of a
+    page version below its GC point flipped at ``damage_offset`` into the slot, and restarts:
+    the log no longer holds that version's chain.  Returns the workload model."""
     for i in range(3):
         fleet.create(i)
     model = workload(5)
@@ -286,15 +289,43 @@ def test_damaged_page_version_without_its_log_is_fetched_from_a_peer(fleet):
                 victim = (offset, page_no, lsn)
                 break
         assert victim is not None
-        f.seek(victim[0] + 32 + 100)
-        f.write(bytes([data[victim[0] + 32 + 100] ^ 0xFF]))
+        f.seek(victim[0] + damage_offset)
+        f.write(bytes([data[victim[0] + damage_offset] ^ 0xFF]))
     fleet.nodes[2].start()
+    return model
+
+
+def test_damaged_page_version_without_its_log_is_fetched_from_a_peer(fleet):
+    model = collect_then_damage_a_version(fleet, 32 + 100)     # a byte of the page image
     status = wait_for(lambda: (lambda s: s if s["repair_history"] and not s["needs_repair"] else None)(
         segment_status(fleet, 2)), "n2 to repair its page store")
     assert status["repair"]["pages_fetched"] == 1    # the log no longer had its chain
     assert status["corrupt_page_slots"] == 0
     model.page_numbers = list(range(12))
     assert_pages(fleet, 2, model, [model.lsn])
+
+
+def test_a_page_left_without_any_version_is_fetched_from_a_peer(fleet):
+    """The damaged byte is in the slot header's page number: nothing tells which page the
+    version was, so the slot is freed; the page then has no version and no log to build from.
+    A read gets a clean CORRUPT error (never a wrong page), and gossip fetches the page's
+    image at the LWM from a peer."""
+    model = collect_then_damage_a_version(fleet, 11)           # high byte of page_no
+    wait_for(lambda: segment_status(fleet, 2)["repair"]["slots_freed"] == 1, "n2 to free the slot")
+    model.page_numbers = list(range(12))
+
+    def every_page_reads_back():
+        try:
+            assert_pages(fleet, 2, model, [model.lsn])
+            return True
+        except errors.CorruptionError as exc:
+            assert "is being fetched from a peer" in str(exc)
+            return False
+
+    wait_for(every_page_reads_back, "n2 to fetch the page left without a version")
+    status = wait_for(lambda: (lambda s: s if not s["needs_repair"] else None)(segment_status(fleet, 2)),
+                      "n2 to finish its repair")
+    assert status["repair"]["pages_fetched"] >= 1
 
 
 def segment_status_offline(directory):

@@ -194,7 +194,7 @@ class NodeCore:
             return [self._error(frame, p.ERROR_CODES[type(exc)], str(exc))]
         except ReadPointRefused as exc:
             return [self._error(frame, p.ERROR_READ_POINT, str(exc))]
-        except errors.CorruptionError as exc:
+        except (errors.CorruptionError, errors.ChainGapError) as exc:
             return [self._error(frame, p.ERROR_CORRUPT, str(exc))]
         except (ValueError, struct.error) as exc:
             return [self._error(frame, p.ERROR_BAD_REQUEST, str(exc))]
@@ -515,6 +515,7 @@ class NodeCore:
                     "needs_repair": segment.state["needs_repair"],
                     "damaged_lsns": sorted(segment.damaged_lsns)[:GOSSIP_HOLES_PER_ROUND],
                     "corrupt_versions": segment.corrupt_versions(),
+                    "missing_bases": sorted(segment.missing_bases)[:GOSSIP_HOLES_PER_ROUND],
                 })
         return targets
 
@@ -554,6 +555,14 @@ class NodeCore:
                                                         reply_volume_epoch, reply_membership_epoch):
             return False
         return segment.install_version(slot, page_no, lsn, page)
+
+    def install_base(self, volume_id, pg, reply_volume_epoch, reply_membership_epoch, page_no, lsn, page):
+        """Install a peer's image of a page left without a base (PAGE reply at the LWM)."""
+        volume, segment = self._gossip_segment(volume_id, pg)
+        if segment is None or not accept_gossip_records(volume.epoch, segment.membership_epoch,
+                                                        reply_volume_epoch, reply_membership_epoch):
+            return False
+        return segment.install_base(page_no, lsn, page)
 
     def complete_repair(self, volume_id, pg, peer_scl_max):
         _, segment = self._gossip_segment(volume_id, pg)

@@ -177,12 +177,14 @@ class Gossiper(threading.Thread):
                 after = last
         for slot, page_no, lsn in t["corrupt_versions"][:GOSSIP_PAGES_PER_ROUND]:
             self._repair_version(t, answers, slot, page_no, lsn)
+        for page_no in t["missing_bases"][:GOSSIP_PAGES_PER_ROUND]:
+            self._repair_base(t, answers, page_no)
         if t["needs_repair"]:
             with self.lock:
                 if self.core.complete_repair(t["volume_id"], t["pg"], peer_scl_max):
                     log.info("volume %d PG %d repaired from peers; SCL reached %d",
                              t["volume_id"], t["pg"], peer_scl_max)
-        return bool(ranges or t["corrupt_versions"] or t["needs_repair"])
+        return bool(ranges or t["corrupt_versions"] or t["missing_bases"] or t["needs_repair"])
 
     def _fetch_range(self, t, answers, after, through, budget):
         """Fetch (after, through] from the first peer that has some of it; append what is
@@ -243,6 +245,26 @@ class Gossiper(threading.Thread):
             with self.lock:
                 if self.core.install_version(t["volume_id"], t["pg"], frame.volume_epoch, frame.membership_epoch,
                                              slot, page_no, page_lsn, page):
+                    return
+
+    def _repair_base(self, t, answers, page_no):
+        """A page left without a base (its only version damaged after GC collected the records
+        that could rebuild it): a peer's image at this segment's LWM becomes its new version."""
+        read_lsn = t["lwm"]
+        for peer_scl, address in answers:
+            if peer_scl < read_lsn:
+                continue
+            frame = self._request(address, t, p.FRAME_GET_PAGE, p.GET_PAGE_BODY.pack(t["pg"], page_no, read_lsn),
+                                  p.FRAME_PAGE)
+            if frame is None:
+                continue
+            back_page_no, page_size, page_lsn, _ = p.PAGE_BODY.unpack_from(frame.body)
+            page = bytes(frame.body[p.PAGE_BODY.size:])
+            if back_page_no != page_no or len(page) != page_size or page_lsn > read_lsn:
+                continue
+            with self.lock:
+                if self.core.install_base(t["volume_id"], t["pg"], frame.volume_epoch, frame.membership_epoch,
+                                          page_no, page_lsn, page):
                     return
 
     # ---- peers ---------------------------------------------------------------------------

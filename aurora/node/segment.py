@@ -31,7 +31,7 @@ LOG_HEADER_SIZE = 64
 LOG_MAGIC = 0x4C525541  # "AURL"
 LOG_VERSION = 1
 LOG_FILE_BYTES_DEFAULT = 64 * 1024 * 1024
-LOG_FILE_BYTES_MIN = 64 * 1024
+LOG_FILE_BYTES_MIN = 1024       # small files let the simulator roll logs and collect them
 RECORD_HEADER_SIZE = _native.RECORD_HEADER_SIZE
 SCAN_RECORDS_PER_CALL = 65536
 # How far past a torn tail the restart clears old bytes, so that a later append followed by a
@@ -229,6 +229,7 @@ class Segment:
         self.sorted_lsns = []     # every held LSN, ascending: LIST_RECORDS, FETCH and holes bisect it
         self.damage = []          # [file name, offset] of log damage found by the restart scan
         self.damaged_lsns = set() # indexed records whose bytes failed a CRC since (scrub or read)
+        self.missing_bases = set()  # pages whose chain reaches no version here (see _base_lost)
         self.repair = {"records_fetched": 0, "records_replaced": 0, "pages_rebuilt": 0,
                        "pages_fetched": 0, "slots_freed": 0, "repairs_completed": 0}
         state = read_json(self._state_path(), disk=disk)
@@ -247,6 +248,7 @@ class Segment:
         state.setdefault("peers", [])
         state.setdefault("repaired_damage", [])
         state.setdefault("repair_history", [])
+        state.setdefault("bases_unknown", False)
         self.state = state
         # SET_LWM raises the low-water mark in memory (a reply that waited for an fsync per
         # SET_LWM would slow the loop for nothing); GC acts only on the LWM made durable, so a
@@ -762,7 +764,31 @@ class Segment:
         if read_lsn < self.lwm:
             raise ReadPointRefused("read point %d is below the low-water mark %d (volume %d PG %d)"
                                    % (read_lsn, self.lwm, self.volume_id, self.pg))
-        return self._build(page_no, read_lsn)
+        if self.state["bases_unknown"] and self.pages.newest(page_no, read_lsn) is None:
+            chain = self.page_chains.get(page_no, ())
+            if not chain or chain[0] > read_lsn:
+                # A version of some page was lost after GC and nothing tells which page: with
+                # no version and no record this page would read as zeros, maybe wrongly.
+                self._base_lost(page_no)
+                raise errors.CorruptionError(
+                    "page %d of volume %d PG %d has no version here and a version of an unknown page "
+                    "was lost; its copy is being fetched from a peer" % (page_no, self.volume_id, self.pg))
+        try:
+            return self._build(page_no, read_lsn)
+        except errors.ChainGapError as exc:
+            self._base_lost(page_no)
+            raise errors.CorruptionError("page %d of volume %d PG %d cannot be built at %d here (%s); "
+                                         "its copy is being fetched from a peer"
+                                         % (page_no, self.volume_id, self.pg, read_lsn, exc)) from None
+
+    def _base_lost(self, page_no):
+        """A page's chain does not reach back to any version it has: a damaged version was
+        freed after GC had collected the records that could rebuild it.  Only a peer's copy
+        of the page (at the LWM) can stand in; gossip fetches it (install_base)."""
+        if page_no not in self.missing_bases:
+            self.missing_bases.add(page_no)
+            self._report("page %d: no version to build it from and its older records are collected; "
+                         "a peer's copy is needed" % page_no)
 
     def _build(self, page_no, read_lsn):
         """The page after every record <= read_lsn, from its newest version at or below
@@ -917,8 +943,16 @@ class Segment:
         self._unlist_slot(slot)
         if page_no is None:
             # Nothing tells which version this was.  Free it: a read that needed it as a base
-            # now fails the chain check (never a wrong page).
+            # now fails the chain check (never a wrong page) and asks a peer (_base_lost).
+            # No complete pass vouches for every page any more, so no log file goes until the
+            # next pass completes (which meets that page and reports it).
             self._free_corrupt_slot(slot)
+            self._pass_targets.clear()
+            if self.state["gc_lsn"] and not self.state["bases_unknown"]:
+                # The lost version's page may have no record left either: it would read as
+                # zeros.  From now on a page with neither is fetched from a peer (get_page).
+                self.state["bases_unknown"] = True
+                self._save_state()
             return True
         try:
             page, page_lsn = self._build(page_no, lsn)
@@ -947,9 +981,25 @@ class Segment:
         return True
 
     def repair_outstanding(self):
-        """What still stands between this segment and a clean bill: damaged indexed records
-        and damaged page versions (holes are filled by ordinary gossip)."""
-        return len(self.damaged_lsns) + len(self.pages.corrupt_slots)
+        """What still stands between this segment and a clean bill: damaged indexed records,
+        damaged page versions and pages left without a base (holes are filled by ordinary
+        gossip)."""
+        return len(self.damaged_lsns) + len(self.pages.corrupt_slots) + len(self.missing_bases)
+
+    def install_base(self, page_no, lsn, page):
+        """Install a peer's image of a page in ``missing_bases`` (GET_PAGE at this segment's
+        LWM; ``lsn`` its page LSN, at or below the LWM) as a new version: every read at or
+        above the LWM starts from it, and the records above it are in the log."""
+        if page_no // self.pages_per_pg != self.pg or len(page) != self.page_size:
+            raise ValueError("page %d of %d bytes does not fit PG %d" % (page_no, len(page), self.pg))
+        if page_no not in self.missing_bases or lsn > self.lwm:
+            return False
+        self.pages.write(page_no, lsn, page)
+        self.pages.sync()
+        self.missing_bases.discard(page_no)
+        self._dirty_pages.add(page_no)
+        self.repair["pages_fetched"] += 1
+        return True
 
     def complete_repair(self, peer_scl_max, now):
         """Clear ``needs_repair`` durably once SCL has caught up with the highest SCL a peer
@@ -1093,9 +1143,11 @@ class Segment:
                 continue
             try:
                 page, page_lsn = self._build(page_no, target)
-            except errors.AuroraError:
+            except errors.AuroraError as exc:
                 # Damage, reported where it was found; repair from peers makes the page
                 # buildable again.  Until then no pass counts as complete.
+                if isinstance(exc, errors.ChainGapError):
+                    self._base_lost(page_no)
                 self._dirty_pages.add(page_no)
                 self._pass[2] = True
                 continue
