@@ -87,6 +87,8 @@ def test_nodes_collect_below_pgmrpl_and_reads_at_vdl_still_match(tmp_path):
             # Each member was told its PG's read point at PGMRPL, never above its SCL.
             assert 0 < segment["lwm"] <= segment["scl"], (node_id, segment)
             assert segment["gc"]["log_files_deleted"] > 0
+        for node in cluster.nodes:
+            assert node.status()["background"]["slices"] > 0
         read_back(volume, expected)
         # More commits after collection: still right, from the nodes and after a reopen.
         commit_pages(volume, rng, pages, 50, expected)

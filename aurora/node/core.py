@@ -99,6 +99,10 @@ class NodeCore:
                              "records_rejected_bad": 0}
         self.gc_pending = False       # the last background_step left GC work (see there)
         self.background_pending = False   # ... or a materialization pass under way
+        # Filled in by the driver, which owns the clock (server.py): how long the background
+        # slices held the node, so STATUS shows whether they stay bounded.
+        self.background_stats = {"slices": 0, "seconds_total": 0.0, "seconds_max": 0.0,
+                                 "slices_over_50ms": 0}
         disk.makedirs(os.path.join(data_dir, "volumes"), mode=0o700, exist_ok=True)
         identity_path = os.path.join(data_dir, "node.json")
         identity = read_json(identity_path, disk=disk)
@@ -271,6 +275,7 @@ class NodeCore:
                         for v in self.volumes.values()},
             "segments": [s.status() for s in self.segments()],
             "gossip": dict(self.gossip_stats),
+            "background": dict(self.background_stats),
         }
         return self._reply(frame, p.FRAME_STATUS_REPLY, p.status_body(status),
                            self.volumes.get(frame.volume_id))

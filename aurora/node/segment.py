@@ -1379,6 +1379,7 @@ class Segment:
             "peers": list(self.state["peers"]),
             "damaged_lsns": sorted(self.damaged_lsns)[:16],
             "corrupt_page_slots": len(self.pages.corrupt_slots),
+            "missing_bases": sorted(self.missing_bases)[:16],
             "repair": dict(self.repair),
             "repair_history": self.state["repair_history"],
         }

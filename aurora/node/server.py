@@ -371,10 +371,20 @@ class NodeServer:
         self._background_busy = False
         try:
             with self.lock:
+                started = time.monotonic()
                 work = self.core.background_step(MATERIALIZE_PAGES_PER_SLICE, SCRUB_BYTES_PER_SLICE, gc=gc)
+                self._note_slice(time.monotonic() - started)
             self._background_busy = bool(work) or self.core.background_pending
         except Exception:
             log.exception("background work failed; will retry")
+
+    def _note_slice(self, seconds):
+        stats = self.core.background_stats
+        stats["slices"] += 1
+        stats["seconds_total"] += seconds
+        stats["seconds_max"] = max(stats["seconds_max"], seconds)
+        if seconds > 0.05:
+            stats["slices_over_50ms"] += 1
 
     def _shutdown(self):
         if self.gossiper is not None and self.gossiper.is_alive():
