@@ -14,6 +14,7 @@ from aurora.client import NodeClient
 from aurora.node.core import NodeCore
 from aurora.node.gossip import accept_gossip_records, scan_fetched_records
 from aurora.node.process import NodeProcess
+from aurora import testing
 from aurora.testing import RedoWorkload
 
 PAGE_SIZE = 1024
@@ -76,14 +77,7 @@ def append_to(fleet, indexes, batches):
 
 
 def wait_for(predicate, what, deadline_s=CATCH_UP_DEADLINE_S):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for %s" % what)
-        time.sleep(0.02)
+    return testing.wait_for(predicate, what, deadline_s, poll_s=0.02)
 
 
 def segment_status(fleet, i):

@@ -7,10 +7,9 @@ import random
 
 import pytest
 
-from aurora import _native
 from aurora.node.disk import SimDisk
 from aurora.node.segment import ReadPointRefused, Segment
-from aurora.testing import RedoWorkload
+from aurora.testing import RedoWorkload, feed_segment as feed
 
 PAGE_SIZE = 1024
 PAGES_PER_PG = 4096
@@ -20,15 +19,6 @@ LOG_FILE_BYTES = 64 * 1024
 def open_segment(path, disk=None):
     kwargs = {} if disk is None else {"disk": disk}
     return Segment(str(path), 1, 0, PAGE_SIZE, PAGES_PER_PG, LOG_FILE_BYTES, **kwargs)
-
-
-def feed(segment, workload, rows):
-    batch = workload.batch(rows)
-    _, recs = _native.decode_batch(batch)
-    segment.check_batch(recs)
-    added = segment.append(batch, recs)
-    segment.sync()
-    return added
 
 
 def materialize(segment):
