@@ -557,6 +557,10 @@ class LinkPump:
 
     def _receive_loop(self):
         watched = {}
+        # One receive buffer for the thread's whole life: recv() of RECV_BYTES allocated (and
+        # for a 1 MiB buffer, mmap'ed, mremap'ed and munmap'ed) a fresh object per ACK.
+        buffer = bytearray(RECV_BYTES)
+        view = memoryview(buffer)
         while not self.stopping:
             with self.cond:
                 wanted = dict(self.registered)
@@ -587,10 +591,10 @@ class LinkPump:
                         pass
                     continue
                 try:
-                    data = key.fileobj.recv(RECV_BYTES)
-                    if not data:
+                    received = key.fileobj.recv_into(buffer)
+                    if not received:
                         raise ConnectionError("node %s closed the connection" % link.node_id)
-                    link.reader.feed(data)
+                    link.reader.feed(view[:received])     # feed copies the bytes
                     for frame in link.reader.frames():
                         link.on_frame(frame)
                 except (OSError, errors.AuroraError) as exc:

@@ -161,6 +161,10 @@ class NodeServer:
         self.started = False
         self.background = background
         self._last_gc = 0.0
+        # One receive buffer for the loop: recv() of RECV_BYTES allocated (and for 1 MiB,
+        # mmap'ed, mremap'ed and munmap'ed) a fresh object for every frame that arrived.
+        self._recv_buffer = bytearray(RECV_BYTES)
+        self._recv_view = memoryview(self._recv_buffer)
 
     # ---- loop --------------------------------------------------------------------------
 
@@ -209,16 +213,16 @@ class NodeServer:
 
     def _on_readable(self, conn):
         try:
-            data = conn.sock.recv(RECV_BYTES)
+            received = conn.sock.recv_into(self._recv_buffer)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self._close(conn)
             return
-        if not data:
+        if not received:
             self._close(conn)
             return
-        conn.reader.feed(data)
+        conn.reader.feed(self._recv_view[:received])     # feed copies the bytes
         try:
             for frame in conn.reader.frames():
                 self._dispatch(conn, frame)
