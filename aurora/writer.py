@@ -290,6 +290,8 @@ class LinkPump:
         self.wake_r.setblocking(False)
         self.selector.register(self.wake_r, selectors.EVENT_READ, None)
         self.registered = {}                 # link -> socket registered with the selector
+        self.registered_version = 0          # bumped (under cond) whenever registered changes
+        self.round_wanted = False            # an ACK may have opened a held PG's window
         self.next_request_id = 1             # one counter for every link (sender thread only)
         self.flying = {}                     # pg -> last LSNs of boxcars not yet at a quorum
         self.round_lock = threading.Lock()   # one send round at a time (sender or a committer)
@@ -485,6 +487,7 @@ class LinkPump:
         link.connected = True
         with self.cond:
             self.registered[link] = sock
+            self.registered_version += 1
         self.wake_w.send(b"r")
         # Whatever this member has not acknowledged goes again (duplicates are idempotent).
         resend = self.volume._resend_for(link)
@@ -543,6 +546,7 @@ class LinkPump:
         sock, link.sock = link.sock, None
         with self.cond:
             self.registered.pop(link, None)
+            self.registered_version += 1
         if sock is not None:
             try:
                 self.selector.unregister(sock)
@@ -561,23 +565,19 @@ class LinkPump:
         # for a 1 MiB buffer, mmap'ed, mremap'ed and munmap'ed) a fresh object per ACK.
         buffer = bytearray(RECV_BYTES)
         view = memoryview(buffer)
+        seen_version = -1
         while not self.stopping:
-            with self.cond:
-                wanted = dict(self.registered)
-            for link, sock in list(watched.items()):
-                if wanted.get(link) is not sock:
-                    try:
-                        self.selector.unregister(sock)
-                    except (KeyError, ValueError):
-                        pass
-                    del watched[link]
-            for link, sock in wanted.items():
-                if link not in watched:
-                    try:
-                        self.selector.register(sock, selectors.EVENT_READ, link)
-                        watched[link] = sock
-                    except (KeyError, ValueError, OSError):
-                        pass
+            if self.round_wanted:
+                # ACKs of the last wake-up opened a PG's window: send what it held from this
+                # thread (one thread switch less than waking the sender; the sender runs it
+                # if a round is going on).  After all of them, so six ACKs make one round.
+                self.round_wanted = False
+                self.kick()
+            if self.registered_version != seen_version:
+                with self.cond:
+                    wanted = dict(self.registered)
+                    seen_version = self.registered_version
+                self._watch(watched, wanted)
             try:
                 events = self.selector.select(0.5)
             except (OSError, ValueError):
@@ -600,6 +600,23 @@ class LinkPump:
                 except (OSError, errors.AuroraError) as exc:
                     if link.sock is key.fileobj:
                         self._disconnected(link, exc)
+
+    def _watch(self, watched, wanted):
+        """Make the selector watch exactly the sockets in ``wanted`` (link -> socket)."""
+        for link, sock in list(watched.items()):
+            if wanted.get(link) is not sock:
+                try:
+                    self.selector.unregister(sock)
+                except (KeyError, ValueError):
+                    pass
+                del watched[link]
+        for link, sock in wanted.items():
+            if link not in watched:
+                try:
+                    self.selector.register(sock, selectors.EVENT_READ, link)
+                    watched[link] = sock
+                except (KeyError, ValueError, OSError):
+                    pass
 
 
 # ---- buffer pool -------------------------------------------------------------------------------
@@ -1175,7 +1192,7 @@ class Volume:
         tracker = self.tracker
         tracker.ack(pg, index, min(scl, tracker.highest_lsn))
         if self.pump.held:
-            self.pump.wake_sender()           # this ACK may open a PG's window
+            self.pump.round_wanted = True     # this ACK may open a PG's window
         retained = self.retained.get(pg)
         # Nothing can be trimmed unless this ack covers the oldest retained batch (it may have
         # raised the minimum) or the retained bytes are over the bound.
