@@ -17,7 +17,7 @@ from aurora.node.disk import REAL_DISK
 from aurora.node.files import read_json, write_json_durably
 from aurora.node.gossip import accept_gossip_records
 from aurora.node.meta import MetaStore
-from aurora.node.segment import LOG_FILE_BYTES_DEFAULT, ReadPointRefused, Segment
+from aurora.node.segment import LOG_FILE_BYTES_DEFAULT, SMALL_INDEX_RECORDS, ReadPointRefused, Segment
 
 TRUNCATION_ENTRY = struct.Struct("<IIQQ")   # pg, reserved, after_lsn, through_lsn
 SET_EPOCH_TRUNCATIONS_MAX = 65536
@@ -231,8 +231,10 @@ class NodeCore:
         segment = self._segment(volume, header.pg)
         self._check_epoch(volume, header.volume_epoch, "APPEND")
         self._check_membership(segment, header.membership_epoch, "APPEND")
-        segment.check_batch(recs)
-        segment.append(frame.body, recs)
+        # A live batch is a few records: read them as Python rows once, for both steps.
+        rows = recs.tolist() if len(recs) <= SMALL_INDEX_RECORDS else None
+        segment.check_batch(recs, rows)
+        segment.append(frame.body, recs, rows)
         body = p.ACK_BODY.pack(header.pg, 0, segment.scl, header.last_lsn)
         return self._reply(frame, p.FRAME_ACK, body, volume, after_sync=True,
                            membership_epoch=segment.membership_epoch)
