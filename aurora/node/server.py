@@ -79,7 +79,7 @@ def listen(address):
 
 
 class Connection:
-    __slots__ = ("sock", "reader", "out", "closing", "peer", "rings")
+    __slots__ = ("sock", "reader", "out", "closing", "peer", "rings", "writing")
 
     def __init__(self, sock, peer):
         self.sock = sock
@@ -88,6 +88,7 @@ class Connection:
         self.closing = False
         self.peer = peer
         self.rings = {}          # ring_id -> RingReader (a same-host writer's shared memory)
+        self.writing = False     # registered for EVENT_WRITE (output is waiting for room)
 
 
 def _journal_synced(facts):
@@ -326,19 +327,28 @@ class NodeServer:
         if conn.out:
             try:
                 sent = conn.sock.send(conn.out)
-                del conn.out[:sent]
+                if sent == len(conn.out):
+                    conn.out.clear()
+                else:
+                    del conn.out[:sent]
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:
                 self._close(conn)
                 return
+        # The selector is told only of changes (its modify() costs a few lookups even when
+        # nothing changes, and this runs for every reply).
         if conn.out:
-            self.selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+            if not conn.writing:
+                self.selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+                conn.writing = True
         else:
             if conn.closing:
                 self._close(conn)
                 return
-            self.selector.modify(conn.sock, selectors.EVENT_READ, conn)
+            if conn.writing:
+                self.selector.modify(conn.sock, selectors.EVENT_READ, conn)
+                conn.writing = False
 
     def _close(self, conn):
         fd = conn.sock.fileno()
