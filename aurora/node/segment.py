@@ -135,7 +135,9 @@ class LogFile:
 
     def append(self, data):
         offset = self.tail
-        self.mm[offset:offset + len(data)] = data
+        # Front to back (not one memcpy, whose store order is unspecified): a node killed in
+        # the middle leaves a torn tail, never a bad record followed by good ones.
+        _native.log_append_copy(self.mm, offset, data)
         self.tail = offset + len(data)
         return offset
 
