@@ -295,6 +295,9 @@ class LinkPump:
         self.next_request_id = 1             # one counter for every link (sender thread only)
         self.flying = {}                     # pg -> last LSNs of boxcars not yet at a quorum
         self.round_lock = threading.Lock()   # one send round at a time (sender or a committer)
+        # Held while a round writes to the links' sockets and while a socket is closed, so a
+        # descriptor is never closed (and its number reused) in the middle of a round's send.
+        self.io_lock = threading.Lock()
         self.held = False                    # a PG's batches wait for its window to open
         self.sender = threading.Thread(target=self._send_loop, name="aurora-sender", daemon=True)
         self.receiver = threading.Thread(target=self._receive_loop, name="aurora-receiver", daemon=True)
@@ -354,6 +357,7 @@ class LinkPump:
 
     def _round(self, connect):
         shared = self._take_outbox()
+        outgoing = []
         for link in self.links:
             if not link.connected:
                 if connect and time.monotonic() >= link.retry_at:
@@ -361,7 +365,11 @@ class LinkPump:
                 if not link.connected:
                     continue      # it gets its redo from the retained buffer on reconnect
             if link.queue or shared:
-                self._send(link, shared)
+                data = self._frames_for(link, shared)
+                if data is not None:
+                    outgoing.append((link, data))
+        if outgoing:
+            self._send_all(outgoing)
         for item in shared:
             if item[4] is not None:
                 self.volume.ring.release(item[4])     # the round's own hold on the slot
@@ -424,12 +432,32 @@ class LinkPump:
         self.next_request_id = (request_id + 1) & 0xFFFFFFFF or 1
         return request_id
 
-    def _send(self, link, shared):
+    def _send_all(self, outgoing):
+        """Write each (link, bytes) of a round to its socket with one native call: the GIL is
+        given up once per round, not once per member (each release, with many committing
+        threads, is a switch to another thread and a wait to get the GIL back)."""
+        failed = []
+        with self.io_lock:
+            # Sockets are closed only under io_lock: those taken here stay open until the
+            # call returns.  One closed just before shows as None (or fileno -1): skipped.
+            live = [(link, sock, data) for link, sock, data in
+                    ((link, link.sock, data) for link, data in outgoing)
+                    if sock is not None and sock.fileno() >= 0]
+            if live:
+                errnos = _native.send_all([sock.fileno() for _, sock, _ in live],
+                                          [data for _, _, data in live])
+                failed = [(link, code) for (link, _, _), code in zip(live, errnos) if code]
+        for link, code in failed:
+            self._disconnected(link, OSError(code, os.strerror(code)))
+
+    def _frames_for(self, link, shared):
+        """The bytes this round sends ``link``: its own queued frames, then the round's shared
+        batches; None when there is nothing (or the link drops its traffic)."""
         items = []
         while link.queue:
             items.append(link.queue.popleft())
         if link.drop_traffic:
-            return
+            return None
         v = self.volume
         frames = []
         # The link's own frames first (resends after a reconnect, SET_EPOCH or CREATE_SEGMENT
@@ -455,13 +483,9 @@ class LinkPump:
                                                       v.epoch, v.membership_epoch)
                 frames.append(inline)
                 v.stats["inline_frames"] += 1
-        sock = link.sock
-        if not frames or sock is None:
-            return
-        try:
-            sock.sendall(frames[0] if len(frames) == 1 else b"".join(frames))
-        except OSError as exc:
-            self._disconnected(link, exc)
+        if not frames or link.sock is None:
+            return None
+        return frames[0] if len(frames) == 1 else b"".join(frames)
 
     def _connect(self, link):
         family, sockaddr = parse_address(link.address)
@@ -552,10 +576,11 @@ class LinkPump:
                 self.selector.unregister(sock)
             except (KeyError, ValueError):
                 pass
-            try:
-                sock.close()
-            except OSError:
-                pass
+            with self.io_lock:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
 
     # receiver
 
