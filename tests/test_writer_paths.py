@@ -49,3 +49,44 @@ def test_new_pages_of_a_fresh_pg_need_no_read_and_read_back_after_recovery(tmp_p
         assert not reopened.fresh_pgs
         for page_no, page in expected.items():
             assert reopened.read(page_no) == page
+
+
+def test_send_all_writes_every_byte_and_reports_each_socket():
+    """The one-GIL-release send of a round (csrc/sendv.c): every byte reaches each socket in
+    order, a dead peer is reported by its errno without stopping the others."""
+    import errno
+    import socket
+
+    from aurora import _native
+
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        payloads = [b"a" * 10, bytearray(b"b" * 100_000), memoryview(b"c" * 7)]
+        pairs[1][1].setblocking(False)
+        received = bytearray()
+
+        def drain():
+            while len(received) < 100_000:
+                try:
+                    received.extend(pairs[1][1].recv(65536))
+                except BlockingIOError:
+                    import time
+                    time.sleep(0.001)
+
+        import threading
+        reader = threading.Thread(target=drain)
+        reader.start()
+        assert _native.send_all([s.fileno() for s, _ in pairs], payloads) == [0, 0, 0]
+        reader.join(timeout=10)
+        assert pairs[0][1].recv(100) == b"a" * 10
+        assert bytes(received) == b"b" * 100_000
+        assert pairs[2][1].recv(100) == b"c" * 7
+        pairs[0][1].close()
+        codes = _native.send_all([pairs[0][0].fileno(), pairs[2][0].fileno()], [b"x", b"y"])
+        assert codes[0] in (errno.EPIPE, errno.ECONNRESET) and codes[1] == 0
+        with pytest.raises(ValueError):
+            _native.send_all([pairs[2][0].fileno()], [])
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
