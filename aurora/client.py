@@ -122,10 +122,16 @@ class NodeClient:
     def meta_put(self, key, version, value):
         """Store ``value`` under ``key`` at ``version`` if that is above the stored version
         (durably before the reply); returns the version the node now holds."""
+        return self.meta_put_taken(key, version, value)[0]
+
+    def meta_put_taken(self, key, version, value):
+        """Like ``meta_put``; returns (version now held, whether the node holds exactly
+        ``value`` at ``version`` now: the compare-and-set took)."""
         key = _meta_key(key)
         frame = self.request(p.FRAME_META_PUT, [p.META_PUT_BODY.pack(version, len(key)), key, bytes(value)],
                              p.FRAME_OK)
-        return p.OK_BODY.unpack_from(frame.body)[2]
+        _, taken, stored = p.OK_BODY.unpack_from(frame.body)
+        return stored, bool(taken)
 
     def append(self, batch):
         """Send one batch; returns (pg, scl, last_lsn) from the ACK (after the node synced)."""

@@ -25,6 +25,7 @@ import collections
 import json
 import logging
 import os
+import random
 import select
 import selectors
 import socket
@@ -61,8 +62,9 @@ RECOVERY_ROUNDS_MAX = 10_000              # bound on LIST_RECORDS paging per mem
 META_KEY_PREFIX = "volume/"
 RECOVERY_PARALLEL_MAX = 16                # recovery requests in flight at once
 RECOVERY_POLL_S = 0.02                    # while waiting for gossip to re-replicate recovered redo
-PG_RANGES_MAX = 1 << 22
-READERS_PRUNE_EVERY = 32                  # look for connections of finished threads this often                   # batch LSN ranges remembered per PG for read points
+PG_RANGES_MAX = 1 << 22                   # batch LSN ranges remembered per PG for read points
+READERS_PRUNE_EVERY = 32                  # look for connections of finished threads this often
+OPEN_ATTEMPTS = 5                         # opens retried after another writer's metadata won a race
 RECV_BYTES = 1 << 20
 BOXCAR_BYTES_MAX = 8 * 1024 * 1024         # largest batch the sender makes by merging
 APPEND_WINDOW = int(os.environ.get("AURORA_APPEND_WINDOW", "1"))  # boxcars per PG awaiting a quorum
@@ -121,20 +123,29 @@ def meta_read(links, key, need=READ_QUORUM):
 
 
 def meta_write(links, key, version, value, need=WRITE_QUORUM):
-    """Store ``value`` under ``version`` on every reachable node; at least ``need`` must take it."""
+    """Store ``value`` under ``version`` on every reachable node; at least ``need`` must take
+    it, as a compare-and-set: a node that holds this version (or a newer one) with another
+    value refuses.  Raises MetadataConflict when another writer's value has the version on
+    enough nodes that this one cannot reach ``need``, QuorumLost when nodes did not answer."""
     data = json.dumps(value, sort_keys=True).encode()
 
     def put(link):
         with link.client() as client:
-            return client.meta_put(key, version, data) >= version
+            return client.meta_put_taken(key, version, data)[1]
 
     failed = {}
     got = gather_until(list(links), put, lambda answers: sum(answers.values()) >= need, failed)
-    stored = sum(got.values())
+    taken = sum(got.values())
+    if taken >= need:
+        return
+    refused = [link.node_id for link, took in got.items() if not took]
+    if refused:
+        raise errors.MetadataConflict(
+            "metadata %r version %d: another writer holds it on %s (taken by %d of %d nodes, need %d)"
+            % (key, version, ", ".join(sorted(refused)), taken, len(links), need))
     failures = ["%s (%s)" % (link.node_id, exc) for link, exc in failed.items()]
-    if stored < need:
-        raise errors.QuorumLost("metadata %r version %d reached %d of %d nodes, need %d; unreachable: %s"
-                                % (key, version, stored, len(links), need, ", ".join(failures)))
+    raise errors.QuorumLost("metadata %r version %d reached %d of %d nodes, need %d; unreachable: %s"
+                            % (key, version, taken, len(links), need, ", ".join(failures)))
 
 
 # ---- boxcars ---------------------------------------------------------------------------------
@@ -680,8 +691,11 @@ class Volume:
         for node in cluster.nodes:
             self.links[node.node_id] = MemberLink(self, node.node_id, node.az, node.address)
         self.pool = BufferPool(buffer_pool_pages)
+        # Every metadata value this writer writes carries this token, so two writers racing
+        # to write the same version never write the same bytes: only one takes it (meta_write).
+        self.writer_token = os.urandom(8).hex()
         started = time.monotonic()
-        self._open(page_size, pages_per_pg or cluster.pages_per_pg or PAGES_PER_PG_DEFAULT, lal)
+        self._open_retrying(page_size, pages_per_pg or cluster.pages_per_pg or PAGES_PER_PG_DEFAULT, lal)
         self.recovery_seconds = time.monotonic() - started
         # Members on this host (Unix sockets) read redo from one shared-memory ring
         # (aurora/ring.py); ring_bytes=0 or AURORA_RING=0 sends everything inline.
@@ -702,6 +716,24 @@ class Volume:
     def _all_links(self):
         return list(self.links.values())
 
+    def _open_retrying(self, page_size, pages_per_pg, lal):
+        """``_open``, again from a fresh read of the metadata when another writer opening the
+        volume at the same moment wrote a metadata version first (the later one then fences
+        the earlier, as any second writer does)."""
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                return self._open(page_size, pages_per_pg, lal)
+            except errors.MetadataConflict:
+                if attempt == OPEN_ATTEMPTS - 1:
+                    raise
+                time.sleep(random.uniform(0.02, 0.1) * (attempt + 1))
+
+    def _write_meta(self, key, meta, version):
+        """Make ``meta`` this writer's view at ``version`` and write it to a write quorum."""
+        meta = dict(meta, writer=self.writer_token)
+        self._apply_meta(meta, version)
+        meta_write(self._all_links(), key, version, meta)
+
     def _open(self, page_size, pages_per_pg, lal):
         key = META_KEY_PREFIX + self.name
         version, meta = meta_read(self._all_links(), key)
@@ -709,8 +741,7 @@ class Volume:
             meta = {"name": self.name, "volume_id": int.from_bytes(os.urandom(7), "little") or 1,
                     "page_size": page_size, "pages_per_pg": pages_per_pg, "lal": lal, "epoch": 1,
                     "membership_epoch": 0, "pgs": {}, "truncations": []}
-            self._apply_meta(meta, version + 1)
-            meta_write(self._all_links(), key, self.meta_version, meta)
+            self._write_meta(key, meta, version + 1)
             self._start(vdl=0, next_lsn=1, prev_lsn_pg={})
             self.recovery = {"created": True, "vdl": 0}
             return
@@ -808,8 +839,7 @@ class Volume:
         truncation range to every member.  A write quorum of every PG must take it.  Returns
         the node ids that did (their epoch is now at least the new one, for good)."""
         assert new_meta["epoch"] > self.meta["epoch"], (new_meta["epoch"], self.meta["epoch"])
-        self._apply_meta(new_meta, self.meta_version + 1)
-        meta_write(self._all_links(), key, self.meta_version, new_meta)
+        self._write_meta(key, new_meta, self.meta_version + 1)
         body = self._set_epoch_body()
 
         def set_epoch(node_id):
@@ -980,8 +1010,13 @@ class Volume:
             raise lost
         meta = dict(self.meta)
         meta["pgs"] = {str(g): m for g, m in self.members.items()}
-        self._apply_meta(meta, self.meta_version + 1)
-        meta_write(self._all_links(), META_KEY_PREFIX + self.name, self.meta_version, meta)
+        try:
+            self._write_meta(META_KEY_PREFIX + self.name, meta, self.meta_version + 1)
+        except errors.MetadataConflict as exc:
+            # A newer writer has written the volume's metadata: it recovered the volume.
+            del self.members[pg]
+            self._fence(str(exc))
+            raise errors.WriterFenced(self._fenced) from None
         self.retained[pg] = collections.deque()
         self.fresh_pgs[pg] = bytearray((self.pages_per_pg + 7) // 8)   # bit per page written
         self.prev_lsn_pg.setdefault(pg, 0)

@@ -440,9 +440,14 @@ class NodeCore:
         value = bytes(body[start + key_length:])
         if len(value) > p.META_VALUE_BYTES_MAX:
             raise p.BadRequestError("metadata value of %d bytes; at most %d" % (len(value), p.META_VALUE_BYTES_MAX))
-        stored = self.meta.put(bytes(body[start:start + key_length]), version, value)
+        key = bytes(body[start:start + key_length])
+        stored = self.meta.put(key, version, value)
+        # Compare-and-set: the put "took" only if this node now holds exactly this value at
+        # this version (a retry of the same put takes too).  Two writers writing the same
+        # version race, and only one can have a write quorum take it.
+        taken = int(stored == version and self.meta.get(key)[1] == value)
         volume = self.volumes.get(frame.volume_id)
-        return self._reply(frame, p.FRAME_OK, p.OK_BODY.pack(volume.epoch if volume else 0, 0, stored), volume)
+        return self._reply(frame, p.FRAME_OK, p.OK_BODY.pack(volume.epoch if volume else 0, taken, stored), volume)
 
     _handlers = {
         p.FRAME_APPEND: _append,
