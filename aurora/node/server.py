@@ -41,6 +41,7 @@ SCRUB_BYTES_PER_SLICE = 16 * 1024   # with 50 slices/s: at most ~800 KB/s of scr
 # Log files of different segments synced in parallel by one group commit.
 SYNC_THREADS_MAX = 8
 PARENT_CHECK_INTERVAL_S = 1.0
+ORPHAN_STOP_GRACE_S = 8.0
 
 
 def parse_address(address):
@@ -397,7 +398,12 @@ def watch_parent(server, parent_pid, interval_s=PARENT_CHECK_INTERVAL_S):
             if os.getppid() != parent_pid:
                 log.warning("parent process %d is gone; shutting down", parent_pid)
                 server.stop()
-                return
+                # A clean stop syncs and answers what is queued; on a loaded host it can wait
+                # on a gossip request's timeout.  An orphan must not linger: past the grace
+                # period it exits as a crash would, which every file of the node survives.
+                time.sleep(ORPHAN_STOP_GRACE_S)
+                log.warning("clean stop took over %.0f s; exiting now", ORPHAN_STOP_GRACE_S)
+                os._exit(1)
             time.sleep(interval_s)
 
     threading.Thread(target=run, name="aurora-node-parent-watch", daemon=True).start()
