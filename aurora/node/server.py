@@ -289,6 +289,10 @@ class NodeServer:
             self._send_wire(conn, session.wire)
             self._close(conn)
             return b""
+        except Exception:   # a bug must not take the node down: this connection goes
+            log.exception("TLS failure on the connection from %s; disconnected", _peer_text(conn.peer))
+            self._close(conn)
+            return b""
         if session.handshaken and not handshaken:
             self.handshaking.pop(conn.sock.fileno(), None)
             log.debug("TLS %s from %s (%s)", session.tls.version(), conn.peer, session.peer_name())
