@@ -6,6 +6,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -129,6 +130,32 @@ def test_writer_commits_reads_and_recovers_over_tls_on_six_tcp_nodes(certs, tmp_
                 volume.write(page_no, expected[page_no])
             volume.commit()
         assert all(link.connected for link in volume.links.values())
+        assert all(volume.read(page_no) == data for page_no, data in expected.items())
+        # Committers in several threads (the links' sender and receiver threads share each
+        # TLS stream), while one member is down; it comes back and its link reconnects.
+        nodes[1].kill()
+        errors_seen = []
+
+        def committer(t):
+            try:
+                for i in range(15):
+                    page_no = PAGES_PER_PG * 5 + t * 16 + i
+                    data = os.urandom(PAGE_SIZE)
+                    volume.write(page_no, data)
+                    volume.commit()
+                    expected[page_no] = data
+            except Exception as exc:   # noqa: BLE001  (reported below)
+                errors_seen.append(exc)
+
+        threads = [threading.Thread(target=committer, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors_seen == []
+        nodes[1].start()
+        wait_for(lambda: volume.links["node-2"].connected, "the writer's link to node-2 to reconnect over TLS")
+        volume.commit()
         assert all(volume.read(page_no) == data for page_no, data in expected.items())
         volume.close()
         # A new writer recovers through TLS (metadata, recovery listing, SET_EPOCH) and reads
