@@ -140,6 +140,27 @@ def describe_failure(exc, other="the other end", this="this party"):
     return str(exc) or type(exc).__name__
 
 
+def read_available(tls, incoming):
+    """(every byte of plaintext the SSL object ``tls`` can give now, whether the peer ended
+    the stream).  Reads only while bytes wait: an SSLWantReadError costs more than decrypting
+    a page.  Raises ssl.SSLError on a protocol failure or an alert."""
+    chunks = []
+    eof = False
+    while incoming.pending or tls.pending():
+        try:
+            chunk = tls.read(READ_CHUNK_BYTES)
+        except ssl.SSLWantReadError:
+            break
+        except ssl.SSLZeroReturnError:
+            eof = True
+            break
+        if not chunk:
+            eof = True
+            break
+        chunks.append(chunk)
+    return b"".join(chunks), eof
+
+
 # ---- server side: one connection in the node's selector loop ----------------------------------
 
 class ServerSession:
@@ -169,21 +190,8 @@ class ServerSession:
                 except ssl.SSLWantReadError:
                     return b""
                 self.handshaken = True
-            chunks = []
-            # Read while bytes wait (an SSLWantReadError costs ~10 us, more than the decryption).
-            while self.incoming.pending or self.tls.pending():
-                try:
-                    chunk = self.tls.read(READ_CHUNK_BYTES)
-                except ssl.SSLWantReadError:
-                    break
-                except ssl.SSLZeroReturnError:
-                    self.eof = True
-                    break
-                if not chunk:
-                    self.eof = True
-                    break
-                chunks.append(chunk)
-            return b"".join(chunks)
+            data, self.eof = read_available(self.tls, self.incoming)
+            return data
         finally:
             self._drain()
 
@@ -309,31 +317,19 @@ class TLSStream:
 
     def recv(self, bufsize):
         while True:
-            chunks = []
-            eof = False
             with self._lock:
-                while self._incoming.pending or self._tls.pending():
-                    try:
-                        chunk = self._tls.read(READ_CHUNK_BYTES)
-                    except ssl.SSLWantReadError:
-                        break
-                    except ssl.SSLZeroReturnError:
-                        eof = True
-                        break
-                    except ssl.SSLError as exc:
-                        # Under TLS 1.3 a node that refuses this party's certificate says so
-                        # only after the client's handshake is done: here, on the first read.
-                        raise ConnectionError("TLS connection with node %s failed: %s"
-                                              % (self.host, describe_failure(exc, "the node"))) from None
-                    if not chunk:
-                        eof = True
-                        break
-                    chunks.append(chunk)
+                try:
+                    data, eof = read_available(self._tls, self._incoming)
+                except ssl.SSLError as exc:
+                    # Under TLS 1.3 a node that refuses this party's certificate says so only
+                    # after the client's handshake is done: here, on the first read.
+                    raise ConnectionError("TLS connection with node %s failed: %s"
+                                          % (self.host, describe_failure(exc, "the node"))) from None
                 replies = self._outgoing.pending
             if replies:
                 self._push(block=False)
-            if chunks:
-                return b"".join(chunks)
+            if data:
+                return data
             if eof:
                 return b""
             data = self._recv_raw()

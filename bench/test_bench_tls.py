@@ -65,6 +65,18 @@ def client(fleet, transport, **kwargs):
     return NodeClient(address, volume_id=1, volume_epoch=1, tls=tls, **kwargs)
 
 
+def materialized_pages(c, pg, seed):
+    """A segment of 32 pages with one image each, materialized: (page numbers, read LSN)."""
+    workload = RedoWorkload(volume_id=1, pg=pg, pages_per_pg=PAGES_PER_PG, page_size=PAGE_SIZE, pages=32, seed=seed)
+    c.create_segment(pg, PAGE_SIZE, PAGES_PER_PG)
+    for _ in workload.page_numbers:
+        c.append(workload.batch(workload.records(1)))
+    deadline = time.monotonic() + 30
+    while c.status_segment(pg)["materialized_lsn"] < workload.lsn and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return workload.page_numbers, workload.lsn
+
+
 def percentiles(samples):
     samples = sorted(samples)
     return {"p50_us": samples[len(samples) // 2], "p99_us": samples[int(len(samples) * 0.99)],
@@ -74,15 +86,8 @@ def percentiles(samples):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_get_page_round_trip(benchmark, fleet, transport):
     pg = 1
-    workload = RedoWorkload(volume_id=1, pg=pg, pages_per_pg=PAGES_PER_PG, page_size=PAGE_SIZE, pages=32, seed=1)
     with client(fleet, transport) as c:
-        c.create_segment(pg, PAGE_SIZE, PAGES_PER_PG)
-        for _ in workload.page_numbers:
-            c.append(workload.batch(workload.records(1)))
-        deadline = time.monotonic() + 30
-        while c.status_segment(pg)["materialized_lsn"] < workload.lsn and time.monotonic() < deadline:
-            time.sleep(0.05)
-        pages, read_lsn = workload.page_numbers, workload.lsn
+        pages, read_lsn = materialized_pages(c, pg, seed=1)
         samples = []
         for i in range(SAMPLES):
             start = time.perf_counter_ns()
@@ -100,16 +105,8 @@ def test_get_page_interleaved(benchmark, fleet):
     clients = {}
     try:
         for transport in TRANSPORTS:
-            workload = RedoWorkload(volume_id=1, pg=pg, pages_per_pg=PAGES_PER_PG, page_size=PAGE_SIZE,
-                                    pages=32, seed=4)
-            c = clients[transport] = client(fleet, transport)
-            c.create_segment(pg, PAGE_SIZE, PAGES_PER_PG)
-            for _ in workload.page_numbers:
-                c.append(workload.batch(workload.records(1)))
-            deadline = time.monotonic() + 30
-            while c.status_segment(pg)["materialized_lsn"] < workload.lsn and time.monotonic() < deadline:
-                time.sleep(0.05)
-        pages, read_lsn = workload.page_numbers, workload.lsn
+            clients[transport] = client(fleet, transport)
+            pages, read_lsn = materialized_pages(clients[transport], pg, seed=4)
         samples = {transport: [] for transport in TRANSPORTS}
         for i in range(SAMPLES):
             for transport in TRANSPORTS:
