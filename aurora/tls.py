@@ -38,9 +38,11 @@ import threading
 import time
 
 HANDSHAKE_TIMEOUT_S = 5.0
-# A blocking reader (the writer's receiver thread) that has part of a TLS record waits at most
-# this long for the rest before it gives the connection up (the link reconnects).
-RECORD_WAIT_S = 10.0
+# A blocking reader (the writer's receiver thread, which serves every member link) that has
+# part of a TLS record waits at most this long for the rest, then gives that connection up
+# (the link reconnects and resends).  Short: while it waits, no other member's ACK is read.
+# Replies on member links are small records that arrive whole unless a node stops mid-send.
+RECORD_WAIT_S = 2.0
 READ_CHUNK_BYTES = 64 * 1024        # > the 16 KiB of plaintext one TLS record carries
 RAW_RECV_BYTES = 1 << 20
 # TLS 1.2 suites when 1.3 is not available at the other end: forward secret and AEAD only.
