@@ -13,7 +13,11 @@ RECV_BYTES = 1 << 20
 
 
 class NodeClient:
-    def __init__(self, address, timeout=10.0, volume_id=0, volume_epoch=0, membership_epoch=0):
+    """``tls`` (an aurora.tls.TLSConfig) is used for a ``tcp:`` address: the node must show a
+    certificate of the cluster CA naming the host, and is shown this party's.  A ``unix:``
+    address never uses TLS (file modes protect it)."""
+
+    def __init__(self, address, timeout=10.0, volume_id=0, volume_epoch=0, membership_epoch=0, tls=None):
         family, sockaddr = parse_address(address)
         self.address = address
         self.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -25,6 +29,8 @@ class NodeClient:
             raise
         if family != socket.AF_UNIX:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                self.sock = tls.wrap_client(self.sock, sockaddr[0], timeout)
         self.reader = p.FrameReader()
         self._frames = []
         self._next_id = 1

@@ -213,11 +213,12 @@ class MemberLink:
     flight, the SCLs it acknowledged, and its connection.  The threads are shared by every
     link of the volume (LinkPump), so a commit wakes one sender, not six."""
 
-    def __init__(self, volume, node_id, az, address):
+    def __init__(self, volume, node_id, az, address, tls=None):
         self.volume = volume
         self.node_id = node_id
         self.az = az
         self.address = address
+        self.tls = tls                       # aurora.tls.TLSConfig for a tcp: member
         self.pump = None
         self.queue = collections.deque()     # (frame type, pg, body)
         self.inflight = {}                   # request_id -> (frame type, pg, body)
@@ -237,7 +238,7 @@ class MemberLink:
     def client(self, timeout=READ_TIMEOUT_S):
         v = self.volume
         return NodeClient(self.address, timeout=timeout, volume_id=v.volume_id if v else 0,
-                          volume_epoch=v.epoch if v else 0)
+                          volume_epoch=v.epoch if v else 0, tls=self.tls)
 
     def enqueue(self, frame_type, pg, body):
         if not self.connected and frame_type in (p.FRAME_APPEND, p.FRAME_VOLUME_HINT):
@@ -478,6 +479,10 @@ class LinkPump:
         try:
             sock.settimeout(2.0)
             sock.connect(sockaddr)
+            if link.tls is not None and family != socket.AF_UNIX:
+                # The handshake runs here, within the connect timeout; the TLSStream may be
+                # used by this pump's sender and receiver threads at once (aurora/tls.py).
+                sock = link.tls.wrap_client(sock, sockaddr[0], sock.gettimeout())
             sock.settimeout(None)
             if family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -689,7 +694,8 @@ class Volume:
         self.stats = collections.Counter()
         self._retained_lock = threading.Lock()
         for node in cluster.nodes:
-            self.links[node.node_id] = MemberLink(self, node.node_id, node.az, node.address)
+            self.links[node.node_id] = MemberLink(self, node.node_id, node.az, node.address,
+                                                  getattr(cluster, "tls", None))
         self.pool = BufferPool(buffer_pool_pages)
         # Every metadata value this writer writes carries this token, so two writers racing
         # to write the same version never write the same bytes: only one takes it (meta_write).
