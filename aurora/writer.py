@@ -1359,16 +1359,17 @@ class Volume:
             return bytes(self.page_size), 0      # a PG never written: all zero pages
         read_lsn = self._pg_read_point(pg, read_lsn)
         scls = self.tracker.member_scls(pg)
-        candidates = [n for i, n in enumerate(ids) if scls[i] >= read_lsn and self.links[n].connected]
-        if not candidates:
-            # No ACK has told us a member covers the read point (e.g. just after recovery):
-            # any member may; the node refuses a read point above its SCL.
-            # Reads use connections of their own, so a member whose link is still connecting
-            # is asked too, after the connected ones (just after recovery the links are new,
-            # and the two connected first may be the two that lack the recovered chain).
-            candidates = sorted(ids, key=lambda n: not self.links[n].connected)
-        candidates.sort(key=lambda n: self.links[n].latency_s)
-        return self._hedged_read(pg, page_no, read_lsn, candidates)
+        links = self.links
+        covered = sorted((n for i, n in enumerate(ids) if scls[i] >= read_lsn and links[n].connected),
+                         key=lambda n: links[n].latency_s)
+        # Every other member follows, connected ones first: the tracker's view can be wrong
+        # both ways.  Just after recovery it starts every member at the recovery's VDL, so all
+        # look covered, and the one link connected first may lack the recovered chain (the
+        # node refuses a read point above its SCL, and the next member is asked).  Reads use
+        # connections of their own, so a member whose link is still connecting is asked too.
+        rest = sorted((n for n in ids if n not in covered),
+                      key=lambda n: (not links[n].connected, links[n].latency_s))
+        return self._hedged_read(pg, page_no, read_lsn, covered + rest)
 
     def _reader(self, node_id):
         """This thread's GetPage connection to ``node_id``.  Connections are kept per thread
