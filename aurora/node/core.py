@@ -17,21 +17,30 @@ from aurora.node.disk import REAL_DISK
 from aurora.node.files import read_json, write_json_durably
 from aurora.node.gossip import accept_gossip_records
 from aurora.node.meta import MetaStore
-from aurora.node.segment import LOG_FILE_BYTES_DEFAULT, SMALL_INDEX_RECORDS, ReadPointRefused, Segment
+from aurora.node.segment import (LOG_FILE_BYTES_DEFAULT, SMALL_INDEX_RECORDS, ReadPointRefused, Segment,
+                                 add_range, range_covered)
 
 TRUNCATION_ENTRY = struct.Struct("<IIQQ")   # pg, reserved, after_lsn, through_lsn
+TRUNCATION_ALL_PGS = 0xFFFFFFFF             # the pg of a range that holds for every PG of the volume
 SET_EPOCH_TRUNCATIONS_MAX = 65536
 FETCH_MAX_BYTES_CAP = 16 * 1024 * 1024
 GOSSIP_HOLES_PER_ROUND = 16    # hole ranges and damaged records one gossip round goes after
 
 
 def _truncate_once(segment, after, through):
-    """Drop (after, through] from ``segment`` unless that exact range is recorded already:
+    """Drop (after, through] from ``segment`` unless its recorded ranges cover it already:
     truncation is idempotent, and every recovery's SET_EPOCH carries the whole history."""
-    if [after, through] in segment.state["truncations"]:
+    if range_covered(segment.state["truncations"], after, through):
         return False
     segment.truncate(after, through)
     return True
+
+
+def _apply_volume_truncations(volume, segment):
+    """Apply the volume-wide ranges ``segment`` does not record yet, without syncing: they
+    are durable in volume.json, and the segment records each only after its page drops are."""
+    for after, through in volume.truncations:
+        segment.truncate(after, through, durable=False)
 
 
 class Reply:
@@ -53,11 +62,15 @@ class Volume:
     gossip thread outside the node lock), so every write takes ``save_lock`` and writes the
     fields as they are at that moment: the last write always carries the newest epoch."""
 
-    def __init__(self, directory, volume_id, epoch, vdl_hint=0, disk=REAL_DISK):
+    def __init__(self, directory, volume_id, epoch, vdl_hint=0, disk=REAL_DISK, truncations=()):
         self.directory = directory
         self.disk = disk
         self.volume_id = volume_id
         self.epoch = epoch
+        # Volume-wide truncation ranges (sorted, merged): saved here with the epoch that came
+        # with them, so a SET_EPOCH is one durable write however many segments the node holds;
+        # each segment applies them again after a restart until its own state records them.
+        self.truncations = [list(r) for r in truncations]
         self.vdl_hint = vdl_hint
         self.vdl_hint_saved = vdl_hint
         self.segments = {}
@@ -68,7 +81,7 @@ class Volume:
             hint = self.vdl_hint
             write_json_durably(os.path.join(self.directory, "volume.json"),
                                {"volume_id": self.volume_id, "volume_epoch": self.epoch,
-                                "vdl_hint": hint}, self.disk)
+                                "vdl_hint": hint, "truncations": self.truncations}, self.disk)
             self.vdl_hint_saved = hint
 
 
@@ -108,7 +121,7 @@ class NodeCore:
             if meta is None:
                 continue
             volume = Volume(os.path.join(root, name), meta["volume_id"], meta["volume_epoch"],
-                            meta.get("vdl_hint", 0), self.disk)
+                            meta.get("vdl_hint", 0), self.disk, meta.get("truncations", ()))
             self.volumes[volume.volume_id] = volume
             for entry in sorted(self.disk.listdir(volume.directory)):
                 if not entry.startswith("pg-"):
@@ -118,8 +131,10 @@ class NodeCore:
                 if state is None:
                     continue
                 pg = int(entry[3:])
-                volume.segments[pg] = Segment(seg_dir, volume.volume_id, pg, state["page_size"],
-                                              state["pages_per_pg"], self.log_file_bytes, self.disk)
+                segment = Segment(seg_dir, volume.volume_id, pg, state["page_size"],
+                                  state["pages_per_pg"], self.log_file_bytes, self.disk)
+                _apply_volume_truncations(volume, segment)
+                volume.segments[pg] = segment
 
     def segments(self):
         for volume in self.volumes.values():
@@ -285,6 +300,7 @@ class NodeCore:
         if segment is None:
             segment = Segment(os.path.join(volume.directory, "pg-%d" % pg), frame.volume_id, pg,
                               page_size, pages_per_pg, self.log_file_bytes, self.disk)
+            _apply_volume_truncations(volume, segment)
             segment.set_members(peers or [], frame.membership_epoch)
             volume.segments[pg] = segment
         elif segment.page_size != page_size or segment.pages_per_pg != pages_per_pg:
@@ -312,15 +328,22 @@ class NodeCore:
             if through < after:
                 raise p.BadRequestError("truncation range (%d, %d] of PG %d is empty" % (after, through, pg))
         if new_epoch > volume.epoch:
-            # Every range is dropped before the epoch is saved: a crash in between leaves the
-            # old epoch, the writer sends the same SET_EPOCH again, and ranges already done
-            # are skipped (so a re-sent or cumulative list costs nothing per old range).
+            # A range of one PG is dropped, durably, before the epoch is saved: a crash in
+            # between leaves the old epoch, the writer sends the same SET_EPOCH again, and
+            # ranges already done are skipped (so a re-sent or cumulative list costs nothing
+            # per old range).  Volume-wide ranges are saved with the epoch in one write, then
+            # applied to every segment in memory; a restart applies them again (_load).
             for pg, _, after, through in truncations:
+                if pg == TRUNCATION_ALL_PGS:
+                    add_range(volume.truncations, after, through)
+                    continue
                 segment = volume.segments.get(pg)
                 if segment is not None:
                     _truncate_once(segment, after, through)
             volume.epoch = new_epoch
             volume.save()
+            for segment in volume.segments.values():
+                _apply_volume_truncations(volume, segment)
         # At the node's own epoch a SET_EPOCH is a repeat (a writer retrying, or a member
         # told twice): OK, and nothing changes.  Truncations only ride an epoch increase, so a
         # node never holds an epoch without every truncation decided before it.
@@ -420,9 +443,14 @@ class NodeCore:
         value = bytes(body[start + key_length:])
         if len(value) > p.META_VALUE_BYTES_MAX:
             raise p.BadRequestError("metadata value of %d bytes; at most %d" % (len(value), p.META_VALUE_BYTES_MAX))
-        stored = self.meta.put(bytes(body[start:start + key_length]), version, value)
+        key = bytes(body[start:start + key_length])
+        stored = self.meta.put(key, version, value)
+        # Compare-and-set: the put "took" only if this node now holds exactly this value at
+        # this version (a retry of the same put takes too).  Two writers writing the same
+        # version race, and only one can have a write quorum take it.
+        taken = int(stored == version and self.meta.get(key)[1] == value)
         volume = self.volumes.get(frame.volume_id)
-        return self._reply(frame, p.FRAME_OK, p.OK_BODY.pack(volume.epoch if volume else 0, 0, stored), volume)
+        return self._reply(frame, p.FRAME_OK, p.OK_BODY.pack(volume.epoch if volume else 0, taken, stored), volume)
 
     _handlers = {
         p.FRAME_APPEND: _append,

@@ -40,6 +40,7 @@ TORN_TAIL_CLEAR_CHUNK = 64 * 1024
 CORRUPTION_REPORTS_MAX = 256   # the newest damage reports kept for status
 # Batches up to this many records are indexed record by record (see _index_small).
 SMALL_INDEX_RECORDS = 64
+LSN_TOP = 1 << 64
 PAGE_TYPES = frozenset((_native.REC_DELTA, _native.REC_IMAGE, _native.REC_ZERO))
 # Test mode (tests/test_crash_consistency.py): with AURORA_NODE_SYNC_JOURNAL set, the server
 # journals which log bytes each group commit made durable, so a harness can drop everything
@@ -58,6 +59,28 @@ R_LSN, R_PREV_PG, R_PREV_PAGE, R_OFFSET, R_PAGE, R_PAYLOAD_LENGTH, R_TYPE, R_FLA
 assert _native.RECORD_DTYPE.names == ("lsn", "prev_lsn_pg", "prev_lsn_page", "offset", "page_no",
                                       "payload_length", "type", "flags")
 
+
+def range_covered(ranges, after, through):
+    """Whether (after, through] lies inside one of ``ranges`` (sorted, disjoint [after, through]
+    pairs, as ``add_range`` keeps them)."""
+    i = bisect.bisect_right(ranges, [after, LSN_TOP]) - 1
+    return i >= 0 and ranges[i][0] <= after and through <= ranges[i][1]
+
+
+def add_range(ranges, after, through):
+    """Add (after, through] to ``ranges`` in place, merging it with every range it overlaps or
+    touches, so the list stays sorted, disjoint and as short as the history allows: each
+    recovery adds a range, and every appended record is checked against the list."""
+    merged = [after, through]
+    keep = []
+    for r in ranges:
+        if r[1] < merged[0] or merged[1] < r[0]:
+            keep.append(r)
+        else:
+            merged = [min(r[0], merged[0]), max(r[1], merged[1])]
+    keep.append(merged)
+    keep.sort()
+    ranges[:] = keep
 
 
 def _first_nonzero(view, start, chunk=1 << 20):
@@ -174,6 +197,7 @@ class Segment:
         self._scrub_offset = LOG_HEADER_SIZE
         self._dirty_files = set()
         self._dirty_pages = set()
+        self._truncation_unsynced = False   # truncate(durable=False) ran since the last save
         self._pass = None         # materialization pass: (target LSN, pages left)
         self._restoring = []      # (lsn, prev_lsn_pg) columns gathered by a restart scan
         self.sorted_lsns = []     # every held LSN, ascending: LIST_RECORDS, FETCH and holes bisect it
@@ -214,6 +238,12 @@ class Segment:
         return os.path.join(self.directory, "state.json")
 
     def _save_state(self):
+        # A truncation applied without its own sync (a volume-wide range, made durable in
+        # volume.json) may be recorded here only once the page versions it dropped are gone
+        # on disk too: a recorded range is never applied again after a restart.
+        if self._truncation_unsynced:
+            self.pages.sync()
+            self._truncation_unsynced = False
         write_json_durably(self._state_path(), self.state, self.disk)
 
     @property
@@ -904,20 +934,24 @@ class Segment:
 
     # ---- epochs and truncation -----------------------------------------------------------
 
-    def truncate(self, after, through):
-        """Durably drop every record with after < lsn <= through (writer recovery).
+    def truncate(self, after, through, durable=True):
+        """Drop every record with after < lsn <= through (writer recovery).
 
         The cost is in the records dropped, the records above SCL and one look at each page's
         list of versions, not in the log's size: writer recovery truncates every PG, and its
-        time must not grow with the volume.  A range already recorded costs nothing."""
+        time must not grow with the volume.  A range already recorded costs nothing.
+
+        ``durable=False`` is for a range the caller has made durable elsewhere and applies
+        again after a restart until this segment records it (NodeCore: the volume-wide
+        ranges in volume.json): nothing here is synced then, so a SET_EPOCH costs one
+        durable write per node, not two per segment."""
         if through < after:
             raise ValueError("truncation range (%d, %d] is empty" % (after, through))
         # Every recovery's SET_EPOCH carries the volume's whole truncation history, so a node
         # meets each range again at every later epoch.  A recorded range was applied in full
         # (below: its page versions dropped durably before it was recorded, its records gone
-        # from the index and refused ever since), so there is nothing left to do; recording it
-        # once also keeps the list every append scans short.
-        if [after, through] in self.state["truncations"]:
+        # from the index and refused ever since), so there is nothing left to do.
+        if range_covered(self.state["truncations"], after, through):
             return
         # Page versions inside the range go first, and durably, before the range is recorded:
         # a crash in between leaves the range unrecorded (and the volume epoch unchanged), so
@@ -930,12 +964,15 @@ class Segment:
             if self.pages.drop_versions(page_no, lambda lsn: after < lsn <= through):
                 self._dirty_pages.add(page_no)
                 dropped_versions = True
-        if dropped_versions:
-            self.pages.sync()
-        self.state["truncations"].append([after, through])
+        add_range(self.state["truncations"], after, through)
         if self.state["materialized_lsn"] > after:
             self.state["materialized_lsn"] = after
-        self._save_state()
+        if durable:
+            if dropped_versions:
+                self.pages.sync()
+            self._save_state()
+        else:
+            self._truncation_unsynced = self._truncation_unsynced or dropped_versions
         ordered = self.sorted_lsns
         lo = bisect.bisect_right(ordered, after)
         hi = bisect.bisect_right(ordered, through)

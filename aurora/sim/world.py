@@ -24,7 +24,7 @@ import numpy as np
 from aurora import _native, errors, protocol as p, recovery
 from aurora.node import core as node_core
 from aurora.node import gossip as node_gossip
-from aurora.node.core import NodeCore, TRUNCATION_ENTRY
+from aurora.node.core import TRUNCATION_ALL_PGS, NodeCore, TRUNCATION_ENTRY
 from aurora.node.disk import SimDisk
 from aurora.node.segment import I_FILE, I_LENGTH, I_OFFSET
 from aurora.reference.quorum import QuorumTracker as ReferenceQuorumTracker
@@ -590,8 +590,8 @@ class World:
 
     def set_epoch_body(self):
         return p.SET_EPOCH_BODY.pack(self.meta["epoch"], 0) + b"".join(
-            TRUNCATION_ENTRY.pack(pg, 0, after, through)
-            for pg in range(PG_COUNT) for after, through in self.meta["truncations"])
+            TRUNCATION_ENTRY.pack(TRUNCATION_ALL_PGS, 0, after, through)
+            for after, through in self.meta["truncations"])
 
     def create_segment_body(self, pg):
         return p.CREATE_SEGMENT_BODY.pack(pg, PAGE_SIZE, PAGES_PER_PG) + p.encode_peers(
