@@ -144,6 +144,11 @@ cdef class QuorumTracker:
         self._check()
         cdef int64_t timeout_ns = _quorum_timeout_ns(timeout, "QuorumTracker.wait")
         cdef int rc
+        if aur_quorum_vdl(self._q) >= lsn:
+            # Satisfied already (VDL never moves back, and a satisfied wait wins over a
+            # failure): return without giving up the GIL, which under many threads costs a
+            # switch to another thread and a wait to get it back.
+            return
         with nogil:
             rc = aur_quorum_wait(self._q, lsn, timeout_ns)
         if rc != AUR_OK:
@@ -156,6 +161,11 @@ cdef class QuorumTracker:
         self._check()
         cdef int64_t timeout_ns = _quorum_timeout_ns(timeout, "QuorumTracker.wait_lal")
         cdef int rc
+        if next_lsn <= lal or aur_quorum_vdl(self._q) >= next_lsn - lal:
+            # Head-room already (the usual case: LAL is 10 million LSNs): keep the GIL.  The
+            # writer calls this under its log lock for every MTR; dropping the GIL there let
+            # other committers run into the held lock and sleep on it.
+            return
         with nogil:
             rc = aur_quorum_wait_lal(self._q, next_lsn, lal, timeout_ns)
         if rc != AUR_OK:

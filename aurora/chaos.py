@@ -403,6 +403,8 @@ def run_chaos(data_dir, seed, faults, threads=WRITER_THREADS_DEFAULT, pages_per_
     }
     log("chaos: %d node kills, %d writer kills over %.1f s; %s" % (
         nemesis.node_kills, nemesis.writer_kills, chaos_seconds, summary(result)))
+    log("chaos: final recovery of %d PGs, %s" % (report["pgs"], ", ".join(
+        "%s %.3f s" % (k, v) for k, v in (recovery.get("phases") or {}).items())))
     return report
 
 

@@ -29,17 +29,24 @@ def cmd_info(args):
     return 0
 
 
+def _tls_config(args):
+    from aurora.tls import TLSConfig
+
+    return TLSConfig.from_options(args.tls_ca, args.tls_cert, args.tls_key)
+
+
 def cmd_node_serve(args):
     from aurora.node.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return serve(args.data, args.listen, args.node_id, args.az, args.log_file_bytes, args.parent_pid)
+    return serve(args.data, args.listen, args.node_id, args.az, args.log_file_bytes, args.parent_pid,
+                 tls=_tls_config(args))
 
 
 def cmd_node_status(args):
     from aurora.client import NodeClient
 
-    with NodeClient(args.connect, timeout=args.timeout) as client:
+    with NodeClient(args.connect, timeout=args.timeout, tls=_tls_config(args)) as client:
         status = client.status()
     if args.json:
         print(json.dumps(status, indent=1, sort_keys=True))
@@ -63,6 +70,23 @@ def cmd_node_status(args):
         for line in seg["corruption"]:
             print("volume %d PG %d: %s" % (seg["volume_id"], seg["pg"], line))
     return 0
+
+
+def cmd_tls_make_test_certs(args):
+    from aurora.tls import make_test_certificates
+
+    certs = make_test_certificates(args.directory, hosts=args.host or ("127.0.0.1", "localhost", "::1"),
+                                   days=args.days)
+    print("CA           %s\nnode         %s  key %s\nclient       %s  key %s"
+          % (certs.ca_file, certs.node_cert, certs.node_key, certs.client_cert, certs.client_key))
+    return 0
+
+
+def add_tls_arguments(parser, role):
+    parser.add_argument("--tls-ca", metavar="PEM", help="the cluster CA certificate: TLS on tcp: "
+                        "addresses, with %s (give all three --tls-* or none)" % role)
+    parser.add_argument("--tls-cert", metavar="PEM", help="this party's certificate, signed by the cluster CA")
+    parser.add_argument("--tls-key", metavar="PEM", help="this party's private key")
 
 
 def cmd_demo(args):
@@ -96,12 +120,25 @@ def build_parser():
                        help="size of each preallocated log file (default 64 MiB)")
     serve.add_argument("--parent-pid", type=int, default=None,
                        help="shut down cleanly when this process (the one that started the node) is gone")
+    add_tls_arguments(serve, "client certificates required")
     serve.set_defaults(func=cmd_node_serve)
     status = node_sub.add_parser("status", help="print a node's segments and epochs")
     status.add_argument("--connect", required=True, help="unix:PATH or tcp:HOST:PORT")
     status.add_argument("--timeout", type=float, default=5.0)
     status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    add_tls_arguments(status, "the node's certificate checked")
     status.set_defaults(func=cmd_node_status)
+
+    tls = sub.add_parser("tls", help="certificates for TLS between writers and nodes")
+    tls_sub = tls.add_subparsers(dest="tls_command", metavar="TLS_COMMAND")
+    tls_sub.required = True
+    make = tls_sub.add_parser("make-test-certs", help="a throw-away CA, node and client certificate for "
+                              "trials and tests (docs/node.md shows how to make real ones)")
+    make.add_argument("directory")
+    make.add_argument("--host", action="append", help="a name or IP the node certificate names "
+                      "(repeat; default 127.0.0.1, localhost, ::1)")
+    make.add_argument("--days", type=int, default=30)
+    make.set_defaults(func=cmd_tls_make_test_certs)
     return parser
 
 

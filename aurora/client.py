@@ -13,7 +13,11 @@ RECV_BYTES = 1 << 20
 
 
 class NodeClient:
-    def __init__(self, address, timeout=10.0, volume_id=0, volume_epoch=0, membership_epoch=0):
+    """``tls`` (an aurora.tls.TLSConfig) is used for a ``tcp:`` address: the node must show a
+    certificate of the cluster CA naming the host, and is shown this party's.  A ``unix:``
+    address never uses TLS (file modes protect it)."""
+
+    def __init__(self, address, timeout=10.0, volume_id=0, volume_epoch=0, membership_epoch=0, tls=None):
         family, sockaddr = parse_address(address)
         self.address = address
         self.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -25,6 +29,8 @@ class NodeClient:
             raise
         if family != socket.AF_UNIX:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                self.sock = tls.wrap_client(self.sock, sockaddr[0], timeout)
         self.reader = p.FrameReader()
         self._frames = []
         self._next_id = 1
@@ -99,8 +105,37 @@ class NodeClient:
         """Recovery listing: (scl, vdl_hint, last_at_or_below, entries) with entries a list of
         (lsn, prev_lsn_pg, flags) of the records held with lsn > after_lsn, in LSN order, at
         most ``max_count``; page on with after_lsn = the last entry's LSN."""
-        frame = self.request(p.FRAME_LIST_RECORDS, p.LIST_RECORDS_BODY.pack(pg, max_count, after_lsn),
-                             p.FRAME_RECORD_LIST)
+        self.send(p.FRAME_LIST_RECORDS, p.LIST_RECORDS_BODY.pack(pg, max_count, after_lsn))
+        return self._record_list(self.receive(raise_errors=False))
+
+    def list_records_many(self, asks, window=64):
+        """``list_records`` for each (pg, after_lsn, max_count) of ``asks``, pipelined on this
+        connection ``window`` at a time (recovery asks every PG of a member at once).  A list
+        in the same order of answers, or of the AuroraError an ERROR reply raised."""
+        results = [None] * len(asks)
+        for start in range(0, len(asks), window):
+            # Replies may come out of order (an ERROR leaves at once, a RECORD_LIST after the
+            # group commit that makes its SCL durable): each is placed by its request id.
+            waiting = {}
+            for i in range(start, min(start + window, len(asks))):
+                pg, after_lsn, max_count = asks[i]
+                waiting[self.send(p.FRAME_LIST_RECORDS, p.LIST_RECORDS_BODY.pack(pg, max_count, after_lsn))] = i
+            while waiting:
+                frame = self.receive(raise_errors=False)
+                i = waiting.pop(frame.request_id, None)
+                if i is None:
+                    raise errors.FormatError("reply to request %d, which is not waiting" % frame.request_id)
+                try:
+                    results[i] = self._record_list(frame)
+                except errors.AuroraError as exc:
+                    results[i] = exc
+        return results
+
+    def _record_list(self, frame):
+        if frame.type == p.FRAME_ERROR:
+            p.raise_error_frame(frame)
+        if frame.type != p.FRAME_RECORD_LIST:
+            raise errors.FormatError("expected a RECORD_LIST reply, got %s" % p.FRAME_NAMES.get(frame.type, frame.type))
         _, count, scl, vdl_hint, last_at_or_below = p.RECORD_LIST_BODY.unpack_from(frame.body)
         start = p.RECORD_LIST_BODY.size
         if len(frame.body) != start + count * p.RECORD_LIST_ENTRY.size:
@@ -122,10 +157,16 @@ class NodeClient:
     def meta_put(self, key, version, value):
         """Store ``value`` under ``key`` at ``version`` if that is above the stored version
         (durably before the reply); returns the version the node now holds."""
+        return self.meta_put_taken(key, version, value)[0]
+
+    def meta_put_taken(self, key, version, value):
+        """Like ``meta_put``; returns (version now held, whether the node holds exactly
+        ``value`` at ``version`` now: the compare-and-set took)."""
         key = _meta_key(key)
         frame = self.request(p.FRAME_META_PUT, [p.META_PUT_BODY.pack(version, len(key)), key, bytes(value)],
                              p.FRAME_OK)
-        return p.OK_BODY.unpack_from(frame.body)[2]
+        _, taken, stored = p.OK_BODY.unpack_from(frame.body)
+        return stored, bool(taken)
 
     def append(self, batch):
         """Send one batch; returns (pg, scl, last_lsn) from the ACK (after the node synced)."""

@@ -1,8 +1,10 @@
 """A fleet of storage nodes: started locally (the embedded default) or attached to.
 
 `Cluster.local(data_dir)` starts (or re-attaches to) six node processes, two per AZ folder,
-watches them and stops the ones it started on exit.  `Cluster.connect(addresses)` attaches to
-nodes started elsewhere with `aurora node serve`.  Volume geometry, PG membership and epochs
+watches them and stops the ones it started on exit; they listen on Unix sockets (file modes
+protect them; no TLS).  `Cluster.connect(addresses, tls=...)` attaches to nodes started
+elsewhere with `aurora node serve`; over TCP it speaks TLS with the given identity
+(aurora/tls.py), which every connection of the writer, recovery and tools then uses.  Volume geometry, PG membership and epochs
 are not kept here: they live on the nodes, quorum-written (aurora/writer.py), so no single
 file is the only copy.  The only local file is the fleet's address book, cluster.json.
 """
@@ -25,11 +27,12 @@ PAGES_PER_PG_LOCAL_DEFAULT = 262144       # 1 GiB segments of 4 KiB pages on an 
 class Node:
     """One storage node of a cluster, started here or attached to."""
 
-    def __init__(self, node_id, az, address, process=None):
+    def __init__(self, node_id, az, address, process=None, tls=None):
         self.node_id = node_id
         self.az = az
         self.address = address
         self.process = process
+        self.tls = tls
 
     def __repr__(self):
         return "Node(%s, %s, %s, %s)" % (self.node_id, self.az, self.address,
@@ -39,7 +42,7 @@ class Node:
         if self.process is not None:
             return self.process.alive()
         try:
-            with NodeClient(self.address, timeout=1.0) as client:
+            with NodeClient(self.address, timeout=1.0, tls=self.tls) as client:
                 client.status()
             return True
         except (OSError, errors.AuroraError):
@@ -70,15 +73,16 @@ class Node:
         process.start()
 
     def status(self, timeout=2.0):
-        with NodeClient(self.address, timeout=timeout) as client:
+        with NodeClient(self.address, timeout=timeout, tls=self.tls) as client:
             return client.status()
 
 
 class Cluster:
-    def __init__(self, nodes, data_dir=None, pages_per_pg=None):
+    def __init__(self, nodes, data_dir=None, pages_per_pg=None, tls=None):
         self.nodes = nodes
         self.data_dir = data_dir
         self.pages_per_pg = pages_per_pg
+        self.tls = tls               # aurora.tls.TLSConfig for tcp: members, or None
         self._volumes = []
 
     # ---- construction --------------------------------------------------------------------
@@ -149,14 +153,16 @@ class Cluster:
             return False
 
     @classmethod
-    def connect(cls, addresses, pages_per_pg=None):
-        """Attach to running nodes; each tells its node id and AZ."""
+    def connect(cls, addresses, pages_per_pg=None, tls=None):
+        """Attach to running nodes; each tells its node id and AZ.  ``tls`` (an
+        aurora.tls.TLSConfig: the cluster CA, this writer's certificate and key) is required
+        to reach nodes that serve TLS, and used for every ``tcp:`` address."""
         nodes = []
         for address in addresses:
-            with NodeClient(address, timeout=5.0) as client:
+            with NodeClient(address, timeout=5.0, tls=tls) as client:
                 status = client.status()
-            nodes.append(Node(status["node_id"], status["az"], address))
-        return cls(nodes, pages_per_pg=pages_per_pg)
+            nodes.append(Node(status["node_id"], status["az"], address, tls=tls))
+        return cls(nodes, pages_per_pg=pages_per_pg, tls=tls)
 
     # ---- fleet operations ----------------------------------------------------------------
 

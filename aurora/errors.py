@@ -24,6 +24,13 @@ class WriterFenced(AuroraError):
     longer write.  Reopen the volume to become the writer again."""
 
 
+class MetadataConflict(AuroraError):
+    """Another writer wrote the volume's metadata at the same version first (two writers
+    opening or recovering the volume at the same moment): at most one of them can have a write
+    quorum take a version.  Opening retries on its own; a writer that meets it later has been
+    fenced."""
+
+
 class VolumeClosed(AuroraError):
     """The volume was closed."""
 

@@ -226,8 +226,14 @@ class FrameReader:
                                          % (length, FRAME_HEADER_SIZE, FRAME_LENGTH_MAX), 0)
             if len(buffer) < length:
                 return
-            frame = decode_frame(bytes(buffer[:length]))
-            del buffer[:length]
+            # One copy out of the buffer (bytes(buffer[:length]) made two).
+            with memoryview(buffer) as whole:
+                data = bytes(whole[:length])
+            frame = decode_frame(data)
+            if len(buffer) == length:
+                buffer.clear()
+            else:
+                del buffer[:length]
             yield frame
 
     @property

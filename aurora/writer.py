@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import select
 import selectors
 import socket
@@ -63,8 +64,9 @@ RECOVERY_ROUNDS_MAX = 10_000              # bound on LIST_RECORDS paging per mem
 META_KEY_PREFIX = "volume/"
 RECOVERY_PARALLEL_MAX = 16                # recovery requests in flight at once
 RECOVERY_POLL_S = 0.02                    # while waiting for gossip to re-replicate recovered redo
-PG_RANGES_MAX = 1 << 22
-READERS_PRUNE_EVERY = 32                  # look for connections of finished threads this often                   # batch LSN ranges remembered per PG for read points
+PG_RANGES_MAX = 1 << 22                   # batch LSN ranges remembered per PG for read points
+READERS_PRUNE_EVERY = 32                  # look for connections of finished threads this often
+OPEN_ATTEMPTS = 5                         # opens retried after another writer's metadata won a race
 RECV_BYTES = 1 << 20
 BOXCAR_BYTES_MAX = 8 * 1024 * 1024         # largest batch the sender makes by merging
 APPEND_WINDOW = int(os.environ.get("AURORA_APPEND_WINDOW", "1"))  # boxcars per PG awaiting a quorum
@@ -123,20 +125,29 @@ def meta_read(links, key, need=READ_QUORUM):
 
 
 def meta_write(links, key, version, value, need=WRITE_QUORUM):
-    """Store ``value`` under ``version`` on every reachable node; at least ``need`` must take it."""
+    """Store ``value`` under ``version`` on every reachable node; at least ``need`` must take
+    it, as a compare-and-set: a node that holds this version (or a newer one) with another
+    value refuses.  Raises MetadataConflict when another writer's value has the version on
+    enough nodes that this one cannot reach ``need``, QuorumLost when nodes did not answer."""
     data = json.dumps(value, sort_keys=True).encode()
 
     def put(link):
         with link.client() as client:
-            return client.meta_put(key, version, data) >= version
+            return client.meta_put_taken(key, version, data)[1]
 
     failed = {}
     got = gather_until(list(links), put, lambda answers: sum(answers.values()) >= need, failed)
-    stored = sum(got.values())
+    taken = sum(got.values())
+    if taken >= need:
+        return
+    refused = [link.node_id for link, took in got.items() if not took]
+    if refused:
+        raise errors.MetadataConflict(
+            "metadata %r version %d: another writer holds it on %s (taken by %d of %d nodes, need %d)"
+            % (key, version, ", ".join(sorted(refused)), taken, len(links), need))
     failures = ["%s (%s)" % (link.node_id, exc) for link, exc in failed.items()]
-    if stored < need:
-        raise errors.QuorumLost("metadata %r version %d reached %d of %d nodes, need %d; unreachable: %s"
-                                % (key, version, stored, len(links), need, ", ".join(failures)))
+    raise errors.QuorumLost("metadata %r version %d reached %d of %d nodes, need %d; unreachable: %s"
+                            % (key, version, taken, len(links), need, ", ".join(failures)))
 
 
 # ---- boxcars ---------------------------------------------------------------------------------
@@ -204,11 +215,12 @@ class MemberLink:
     flight, the SCLs it acknowledged, and its connection.  The threads are shared by every
     link of the volume (LinkPump), so a commit wakes one sender, not six."""
 
-    def __init__(self, volume, node_id, az, address):
+    def __init__(self, volume, node_id, az, address, tls=None):
         self.volume = volume
         self.node_id = node_id
         self.az = az
         self.address = address
+        self.tls = tls                       # aurora.tls.TLSConfig for a tcp: member
         self.pump = None
         self.queue = collections.deque()     # (frame type, pg, body)
         self.inflight = {}                   # request_id -> (frame type, pg, body)
@@ -228,7 +240,7 @@ class MemberLink:
     def client(self, timeout=READ_TIMEOUT_S):
         v = self.volume
         return NodeClient(self.address, timeout=timeout, volume_id=v.volume_id if v else 0,
-                          volume_epoch=v.epoch if v else 0)
+                          volume_epoch=v.epoch if v else 0, tls=self.tls)
 
     def enqueue(self, frame_type, pg, body):
         if not self.connected and frame_type in (p.FRAME_APPEND, p.FRAME_VOLUME_HINT):
@@ -292,9 +304,14 @@ class LinkPump:
         self.wake_r.setblocking(False)
         self.selector.register(self.wake_r, selectors.EVENT_READ, None)
         self.registered = {}                 # link -> socket registered with the selector
+        self.registered_version = 0          # bumped (under cond) whenever registered changes
+        self.round_wanted = False            # an ACK may have opened a held PG's window
         self.next_request_id = 1             # one counter for every link (sender thread only)
         self.flying = {}                     # pg -> last LSNs of boxcars not yet at a quorum
         self.round_lock = threading.Lock()   # one send round at a time (sender or a committer)
+        # Held while a round writes to the links' sockets and while a socket is closed, so a
+        # descriptor is never closed (and its number reused) in the middle of a round's send.
+        self.io_lock = threading.Lock()
         self.held = False                    # a PG's batches wait for its window to open
         self.sender = threading.Thread(target=self._send_loop, name="aurora-sender", daemon=True)
         self.receiver = threading.Thread(target=self._receive_loop, name="aurora-receiver", daemon=True)
@@ -354,6 +371,7 @@ class LinkPump:
 
     def _round(self, connect):
         shared = self._take_outbox()
+        outgoing = []
         for link in self.links:
             if not link.connected:
                 if connect and time.monotonic() >= link.retry_at:
@@ -361,7 +379,11 @@ class LinkPump:
                 if not link.connected:
                     continue      # it gets its redo from the retained buffer on reconnect
             if link.queue or shared:
-                self._send(link, shared)
+                data = self._frames_for(link, shared)
+                if data is not None:
+                    outgoing.append((link, data))
+        if outgoing:
+            self._send_all(outgoing)
         for item in shared:
             if item[4] is not None:
                 self.volume.ring.release(item[4])     # the round's own hold on the slot
@@ -424,12 +446,41 @@ class LinkPump:
         self.next_request_id = (request_id + 1) & 0xFFFFFFFF or 1
         return request_id
 
-    def _send(self, link, shared):
+    def _send_all(self, outgoing):
+        """Write each (link, bytes) of a round to its socket: every plain socket with one
+        native call, so the GIL is given up once per round, not once per member (each release,
+        with many committing threads, is a switch to another thread and a wait to get the GIL
+        back); a TLS link encrypts, so it sends on its own."""
+        failed = []
+        with self.io_lock:
+            # Sockets are closed only under io_lock: those taken here stay open until the
+            # call returns.  One closed just before shows as None (or fileno -1): skipped.
+            live = [(link, sock, data) for link, sock, data in
+                    ((link, link.sock, data) for link, data in outgoing)
+                    if sock is not None and sock.fileno() >= 0]
+            plain = [item for item in live if type(item[1]) is socket.socket]
+            if plain:
+                errnos = _native.send_all([sock.fileno() for _, sock, _ in plain],
+                                          [data for _, _, data in plain])
+                failed = [(link, OSError(code, os.strerror(code)))
+                          for (link, _, _), code in zip(plain, errnos) if code]
+            for link, sock, data in live:
+                if type(sock) is not socket.socket:
+                    try:
+                        sock.sendall(data)
+                    except OSError as exc:
+                        failed.append((link, exc))
+        for link, exc in failed:
+            self._disconnected(link, exc)
+
+    def _frames_for(self, link, shared):
+        """The bytes this round sends ``link``: its own queued frames, then the round's shared
+        batches; None when there is nothing (or the link drops its traffic)."""
         items = []
         while link.queue:
             items.append(link.queue.popleft())
         if link.drop_traffic:
-            return
+            return None
         v = self.volume
         frames = []
         # The link's own frames first (resends after a reconnect, SET_EPOCH or CREATE_SEGMENT
@@ -455,13 +506,9 @@ class LinkPump:
                                                       v.epoch, v.membership_epoch)
                 frames.append(inline)
                 v.stats["inline_frames"] += 1
-        sock = link.sock
-        if not frames or sock is None:
-            return
-        try:
-            sock.sendall(frames[0] if len(frames) == 1 else b"".join(frames))
-        except OSError as exc:
-            self._disconnected(link, exc)
+        if not frames or link.sock is None:
+            return None
+        return frames[0] if len(frames) == 1 else b"".join(frames)
 
     def _connect(self, link):
         family, sockaddr = parse_address(link.address)
@@ -469,6 +516,10 @@ class LinkPump:
         try:
             sock.settimeout(2.0)
             sock.connect(sockaddr)
+            if link.tls is not None and family != socket.AF_UNIX:
+                # The handshake runs here, within the connect timeout; the TLSStream may be
+                # used by this pump's sender and receiver threads at once (aurora/tls.py).
+                sock = link.tls.wrap_client(sock, sockaddr[0], sock.gettimeout())
             sock.settimeout(None)
             if family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -487,6 +538,7 @@ class LinkPump:
         link.connected = True
         with self.cond:
             self.registered[link] = sock
+            self.registered_version += 1
         self.wake_w.send(b"r")
         # Whatever this member has not acknowledged goes again (duplicates are idempotent).
         resend = self.volume._resend_for(link)
@@ -545,37 +597,39 @@ class LinkPump:
         sock, link.sock = link.sock, None
         with self.cond:
             self.registered.pop(link, None)
+            self.registered_version += 1
         if sock is not None:
             try:
                 self.selector.unregister(sock)
             except (KeyError, ValueError):
                 pass
-            try:
-                sock.close()
-            except OSError:
-                pass
+            with self.io_lock:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
 
     # receiver
 
     def _receive_loop(self):
         watched = {}
+        # One receive buffer for the thread's whole life: recv() of RECV_BYTES allocated (and
+        # for a 1 MiB buffer, mmap'ed, mremap'ed and munmap'ed) a fresh object per ACK.
+        buffer = bytearray(RECV_BYTES)
+        view = memoryview(buffer)
+        seen_version = -1
         while not self.stopping:
-            with self.cond:
-                wanted = dict(self.registered)
-            for link, sock in list(watched.items()):
-                if wanted.get(link) is not sock:
-                    try:
-                        self.selector.unregister(sock)
-                    except (KeyError, ValueError):
-                        pass
-                    del watched[link]
-            for link, sock in wanted.items():
-                if link not in watched:
-                    try:
-                        self.selector.register(sock, selectors.EVENT_READ, link)
-                        watched[link] = sock
-                    except (KeyError, ValueError, OSError):
-                        pass
+            if self.round_wanted:
+                # ACKs of the last wake-up opened a PG's window: send what it held from this
+                # thread (one thread switch less than waking the sender; the sender runs it
+                # if a round is going on).  After all of them, so six ACKs make one round.
+                self.round_wanted = False
+                self.kick()
+            if self.registered_version != seen_version:
+                with self.cond:
+                    wanted = dict(self.registered)
+                    seen_version = self.registered_version
+                self._watch(watched, wanted)
             try:
                 events = self.selector.select(0.5)
             except (OSError, ValueError):
@@ -589,15 +643,36 @@ class LinkPump:
                         pass
                     continue
                 try:
-                    data = key.fileobj.recv(RECV_BYTES)
+                    sock = key.fileobj
+                    if type(sock) is socket.socket:
+                        data = view[:sock.recv_into(buffer)]
+                    else:
+                        data = sock.recv(RECV_BYTES)      # a TLSStream: its plaintext
                     if not data:
                         raise ConnectionError("node %s closed the connection" % link.node_id)
-                    link.reader.feed(data)
+                    link.reader.feed(data)     # feed copies the bytes
                     for frame in link.reader.frames():
                         link.on_frame(frame)
                 except (OSError, errors.AuroraError) as exc:
                     if link.sock is key.fileobj:
                         self._disconnected(link, exc)
+
+    def _watch(self, watched, wanted):
+        """Make the selector watch exactly the sockets in ``wanted`` (link -> socket)."""
+        for link, sock in list(watched.items()):
+            if wanted.get(link) is not sock:
+                try:
+                    self.selector.unregister(sock)
+                except (KeyError, ValueError):
+                    pass
+                del watched[link]
+        for link, sock in wanted.items():
+            if link not in watched:
+                try:
+                    self.selector.register(sock, selectors.EVENT_READ, link)
+                    watched[link] = sock
+                except (KeyError, ValueError, OSError):
+                    pass
 
 
 # ---- buffer pool -------------------------------------------------------------------------------
@@ -680,10 +755,14 @@ class Volume:
         self.stats = collections.Counter()
         self._retained_lock = threading.Lock()
         for node in cluster.nodes:
-            self.links[node.node_id] = MemberLink(self, node.node_id, node.az, node.address)
+            self.links[node.node_id] = MemberLink(self, node.node_id, node.az, node.address,
+                                                  getattr(cluster, "tls", None))
         self.pool = BufferPool(buffer_pool_pages)
+        # Every metadata value this writer writes carries this token, so two writers racing
+        # to write the same version never write the same bytes: only one takes it (meta_write).
+        self.writer_token = os.urandom(8).hex()
         started = time.monotonic()
-        self._open(page_size, pages_per_pg or cluster.pages_per_pg or PAGES_PER_PG_DEFAULT, lal)
+        self._open_retrying(page_size, pages_per_pg or cluster.pages_per_pg or PAGES_PER_PG_DEFAULT, lal)
         self.recovery_seconds = time.monotonic() - started
         # Members on this host (Unix sockets) read redo from one shared-memory ring
         # (aurora/ring.py); ring_bytes=0 or AURORA_RING=0 sends everything inline.
@@ -705,6 +784,24 @@ class Volume:
     def _all_links(self):
         return list(self.links.values())
 
+    def _open_retrying(self, page_size, pages_per_pg, lal):
+        """``_open``, again from a fresh read of the metadata when another writer opening the
+        volume at the same moment wrote a metadata version first (the later one then fences
+        the earlier, as any second writer does)."""
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                return self._open(page_size, pages_per_pg, lal)
+            except errors.MetadataConflict:
+                if attempt == OPEN_ATTEMPTS - 1:
+                    raise
+                time.sleep(random.uniform(0.02, 0.1) * (attempt + 1))
+
+    def _write_meta(self, key, meta, version):
+        """Make ``meta`` this writer's view at ``version`` and write it to a write quorum."""
+        meta = dict(meta, writer=self.writer_token)
+        self._apply_meta(meta, version)
+        meta_write(self._all_links(), key, version, meta)
+
     def _open(self, page_size, pages_per_pg, lal):
         key = META_KEY_PREFIX + self.name
         version, meta = meta_read(self._all_links(), key)
@@ -712,8 +809,7 @@ class Volume:
             meta = {"name": self.name, "volume_id": int.from_bytes(os.urandom(7), "little") or 1,
                     "page_size": page_size, "pages_per_pg": pages_per_pg, "lal": lal, "epoch": 1,
                     "membership_epoch": 0, "pgs": {}, "truncations": []}
-            self._apply_meta(meta, version + 1)
-            meta_write(self._all_links(), key, self.meta_version, meta)
+            self._write_meta(key, meta, version + 1)
             self._start(vdl=0, next_lsn=1, prev_lsn_pg={})
             self.recovery = {"created": True, "vdl": 0}
             return
@@ -811,8 +907,7 @@ class Volume:
         truncation range to every member.  A write quorum of every PG must take it.  Returns
         the node ids that did (their epoch is now at least the new one, for good)."""
         assert new_meta["epoch"] > self.meta["epoch"], (new_meta["epoch"], self.meta["epoch"])
-        self._apply_meta(new_meta, self.meta_version + 1)
-        meta_write(self._all_links(), key, self.meta_version, new_meta)
+        self._write_meta(key, new_meta, self.meta_version + 1)
         body = self._set_epoch_body()
 
         def set_epoch(node_id):
@@ -827,6 +922,31 @@ class Volume:
             if len([n for n in ids if n in done]) < WRITE_QUORUM:
                 raise self._quorum_lost(pg, [n for n in ids if n not in done], WRITE_QUORUM, what, failures)
         return done
+
+    def _per_node(self, pairs, ask, enough):
+        """``ask(client, node id, pgs)`` -> {pg: answer} for the pairs of ``pairs`` (pg, node
+        id), grouped by node: one connection per node, not one per pair (a volume of 400
+        small PGs made recovery open 2,400 connections and take seconds), the nodes at once.
+        {(pg, node id): answer} of those that answered, returned once ``enough`` of it holds.
+        A node whose connection fails gives nothing."""
+        by_node = collections.defaultdict(list)
+        for pg, node_id in pairs:
+            by_node[node_id].append(pg)
+
+        def ask_node(node_id):
+            with self.links[node_id].client() as client:
+                return ask(client, node_id, by_node[node_id])
+
+        def flat(got):
+            return {(pg, node_id): answer for node_id, answers in got.items() for pg, answer in answers.items()}
+
+        return flat(gather_until(list(by_node), ask_node, lambda got: enough(flat(got))))
+
+    @staticmethod
+    def _list_first(client, pgs, after, max_count):
+        """{pg: list_records answer} for ``pgs``, pipelined; a PG the node refused is left out."""
+        answers = client.list_records_many([(pg, after, max_count) for pg in pgs])
+        return {pg: a for pg, a in zip(pgs, answers) if not isinstance(a, errors.AuroraError)}
 
     def _every_pg_has(self, answered, need):
         """Whether ``need`` members of every PG are in ``answered`` (node ids, or (pg, node
@@ -843,11 +963,10 @@ class Volume:
         so it is the base.  Round 2: every record above the base, paged."""
         pairs = [(pg, n) for pg, ids in self.members.items() for n in ids if n in fenced]
 
-        def first_round(pair):
-            with self.links[pair[1]].client() as client:
-                return client.list_records(pair[0], _native.LSN_MAX, 0)
+        def first_round(client, node_id, pgs):
+            return self._list_first(client, pgs, _native.LSN_MAX, 0)
 
-        answers = gather_until(pairs, first_round, lambda got: self._every_pg_has(got, READ_QUORUM))
+        answers = self._per_node(pairs, first_round, lambda got: self._every_pg_has(got, READ_QUORUM))
         for pg, ids in self.members.items():
             got = [n for n in ids if (pg, n) in answers]
             if len(got) < READ_QUORUM:
@@ -855,25 +974,23 @@ class Volume:
         base = recovery.recovery_base(a[1] for a in answers.values())
         listings = {}         # pg -> {node id: MemberListing}
 
-        def second_round(pair):
-            pg, node_id = pair
-            listing = recovery.MemberListing()
-            with self.links[node_id].client() as client:
-                after = base
-                for _ in range(RECOVERY_ROUNDS_MAX):
-                    scl, hint, below, entries = client.list_records(pg, after, LIST_PAGE_RECORDS)
-                    if after == base:
-                        listing.last_at_or_below = max(listing.last_at_or_below, below)
-                    listing.entries.extend(entries)
+        def second_round(client, node_id, pgs):
+            listings = {}
+            for pg, (scl, hint, below, entries) in self._list_first(client, pgs, base, LIST_PAGE_RECORDS).items():
+                listing = listings[pg] = recovery.MemberListing()
+                listing.last_at_or_below = below
+                listing.entries.extend(entries)
+                for _ in range(RECOVERY_ROUNDS_MAX):      # a PG with more: page on, one at a time
                     if len(entries) < LIST_PAGE_RECORDS:
                         break
-                    after = entries[-1][0]
-            return listing
+                    scl, hint, below, entries = client.list_records(pg, entries[-1][0], LIST_PAGE_RECORDS)
+                    listing.entries.extend(entries)
+            return listings
 
         # Only members that answered the first round, and only until a read quorum of every
         # PG has listed completely.
         answered = [pair for pair in pairs if pair in answers]
-        for (pg, node_id), listing in gather_until(
+        for (pg, node_id), listing in self._per_node(
                 answered, second_round, lambda got: self._every_pg_has(got, READ_QUORUM)).items():
             listings.setdefault(pg, {})[node_id] = listing
         for pg, ids in self.members.items():
@@ -896,19 +1013,18 @@ class Volume:
         while True:
             pairs = [(pg, n) for pg, ids in self.members.items() for n in ids]
 
-            def scl_of(pair):
-                with self.links[pair[1]].client() as client:
-                    if have_epoch is not None and pair[1] not in have_epoch:
-                        client.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK, volume_epoch=self.epoch)
-                        have_epoch.add(pair[1])
-                    return client.list_records(pair[0], _native.LSN_MAX, 0)[0]
+            def scl_of(client, node_id, pgs):
+                if have_epoch is not None and node_id not in have_epoch:
+                    client.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK, volume_epoch=self.epoch)
+                    have_epoch.add(node_id)
+                return {pg: a[0] for pg, a in self._list_first(client, pgs, _native.LSN_MAX, 0).items()}
 
             def covered(got):
                 return self._every_pg_has({pair for pair, scl in got.items()
                                            if scl >= prev_lsn_pg.get(pair[0], 0)}, WRITE_QUORUM)
 
             member_scls = collections.defaultdict(list)
-            for (pg, _), scl in gather_until(pairs, scl_of, covered).items():
+            for (pg, _), scl in self._per_node(pairs, scl_of, covered).items():
                 member_scls[pg].append(scl)
             behind = recovery.pgs_below_write_quorum(prev_lsn_pg, member_scls, WRITE_QUORUM)
             if not behind:
@@ -983,8 +1099,13 @@ class Volume:
             raise lost
         meta = dict(self.meta)
         meta["pgs"] = {str(g): m for g, m in self.members.items()}
-        self._apply_meta(meta, self.meta_version + 1)
-        meta_write(self._all_links(), META_KEY_PREFIX + self.name, self.meta_version, meta)
+        try:
+            self._write_meta(META_KEY_PREFIX + self.name, meta, self.meta_version + 1)
+        except errors.MetadataConflict as exc:
+            # A newer writer has written the volume's metadata: it recovered the volume.
+            del self.members[pg]
+            self._fence(str(exc))
+            raise errors.WriterFenced(self._fenced) from None
         self.retained[pg] = collections.deque()
         self.fresh_pgs[pg] = bytearray((self.pages_per_pg + 7) // 8)   # bit per page written
         self.prev_lsn_pg.setdefault(pg, 0)
@@ -1176,7 +1297,7 @@ class Volume:
         tracker = self.tracker
         tracker.ack(pg, index, min(scl, tracker.highest_lsn))
         if self.pump.held:
-            self.pump.wake_sender()           # this ACK may open a PG's window
+            self.pump.round_wanted = True     # this ACK may open a PG's window
         retained = self.retained.get(pg)
         # Nothing can be trimmed unless this ack covers the oldest retained batch (it may have
         # raised the minimum) or the retained bytes are over the bound.
@@ -1301,16 +1422,17 @@ class Volume:
             return bytes(self.page_size), 0      # a PG never written: all zero pages
         read_lsn = self._pg_read_point(pg, read_lsn)
         scls = self.tracker.member_scls(pg)
-        candidates = [n for i, n in enumerate(ids) if scls[i] >= read_lsn and self.links[n].connected]
-        if not candidates:
-            # No ACK has told us a member covers the read point (e.g. just after recovery):
-            # any member may; the node refuses a read point above its SCL.
-            # Reads use connections of their own, so a member whose link is still connecting
-            # is asked too, after the connected ones (just after recovery the links are new,
-            # and the two connected first may be the two that lack the recovered chain).
-            candidates = sorted(ids, key=lambda n: not self.links[n].connected)
-        candidates.sort(key=lambda n: self.links[n].latency_s)
-        return self._hedged_read(pg, page_no, read_lsn, candidates)
+        links = self.links
+        covered = sorted((n for i, n in enumerate(ids) if scls[i] >= read_lsn and links[n].connected),
+                         key=lambda n: links[n].latency_s)
+        # Every other member follows, connected ones first: the tracker's view can be wrong
+        # both ways.  Just after recovery it starts every member at the recovery's VDL, so all
+        # look covered, and the one link connected first may lack the recovered chain (the
+        # node refuses a read point above its SCL, and the next member is asked).  Reads use
+        # connections of their own, so a member whose link is still connecting is asked too.
+        rest = sorted((n for n in ids if n not in covered),
+                      key=lambda n: (not links[n].connected, links[n].latency_s))
+        return self._hedged_read(pg, page_no, read_lsn, covered + rest)
 
     def _reader(self, node_id):
         """This thread's GetPage connection to ``node_id``.  Connections are kept per thread

@@ -23,6 +23,7 @@ SUITES = {
     "format": "pytest bench/test_bench_format.py --benchmark-json=bench/results/format.json",
     "page": "pytest bench/test_bench_page.py --benchmark-json=bench/results/page.json",
     "node": "pytest bench/test_bench_node.py --benchmark-json=bench/results/node.json",
+    "tls": "pytest bench/test_bench_tls.py --benchmark-json=bench/results/tls.json",
 }
 # Per-round fields that must not be committed.
 RAW_FIELDS = ("data",)

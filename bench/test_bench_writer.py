@@ -9,6 +9,7 @@ Latency percentiles come from per-commit timings and are put in extra_info.
 """
 import os
 import random
+import shutil
 import sqlite3
 import statistics
 import tempfile
@@ -22,10 +23,23 @@ from aurora.cluster import Cluster
 COMMITS_PER_THREAD = 200
 
 
+@pytest.fixture
+def scratch():
+    """A short directory under /tmp (Unix socket paths must stay short), removed afterwards:
+    every run used to leave its fleet's preallocated logs behind, 2 GB a run."""
+    directory = tempfile.mkdtemp(prefix="aur-bench-")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    with Cluster.local(tempfile.mkdtemp(prefix="aur-bench-"), log_file_bytes=64 << 20) as c:
-        yield c
+    directory = tempfile.mkdtemp(prefix="aur-bench-")
+    try:
+        with Cluster.local(directory, log_file_bytes=64 << 20) as c:
+            yield c
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def run_threads(threads, work, count=COMMITS_PER_THREAD):
@@ -78,8 +92,8 @@ def test_aurora_commit(benchmark, cluster, threads):
 
 
 @pytest.mark.parametrize("threads", [1, 4, 16])
-def test_sqlite_wal_full_commit(benchmark, threads):
-    path = os.path.join(tempfile.mkdtemp(prefix="aur-bench-"), "wal.db")
+def test_sqlite_wal_full_commit(benchmark, scratch, threads):
+    path = os.path.join(scratch, "wal.db")
     setup = sqlite3.connect(path)
     setup.execute("PRAGMA journal_mode=WAL")
     setup.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
@@ -103,8 +117,8 @@ def test_sqlite_wal_full_commit(benchmark, threads):
     report(benchmark, threads, result["s"], result["l"])
 
 
-def test_local_fdatasync_floor(benchmark):
-    fd = os.open(os.path.join(tempfile.mkdtemp(prefix="aur-bench-"), "floor"), os.O_RDWR | os.O_CREAT, 0o600)
+def test_local_fdatasync_floor(benchmark, scratch):
+    fd = os.open(os.path.join(scratch, "floor"), os.O_RDWR | os.O_CREAT, 0o600)
     block = os.urandom(4096)
     position = [0]
 
@@ -120,12 +134,11 @@ def test_local_fdatasync_floor(benchmark):
     os.close(fd)
 
 
-def test_quorum_fdatasync_floor(benchmark):
+def test_quorum_fdatasync_floor(benchmark, scratch):
     """The durability floor of a 4-of-6 write when all six copies share this host's one disk:
     six threads each write 4 KiB to their own file and fdatasync it at the same moment; the
     figure is the time until the fourth sync returns (no network, no Python in between)."""
-    directory = tempfile.mkdtemp(prefix="aur-bench-")
-    fds = [os.open(os.path.join(directory, "copy%d" % i), os.O_RDWR | os.O_CREAT, 0o600) for i in range(6)]
+    fds = [os.open(os.path.join(scratch, "copy%d" % i), os.O_RDWR | os.O_CREAT, 0o600) for i in range(6)]
     block = os.urandom(4096)
     rounds = []
     position = [0]

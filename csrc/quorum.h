@@ -19,8 +19,9 @@
  * (registered in increasing order, retired from the front); an indexed min-heap over the PGs
  * whose FIFO is not empty, keyed by the FIFO's head, gives VCL; a global FIFO of CPLs gives VDL.
  *
- * Threading: every function may be called from any thread; one mutex guards the state and one
- * condition variable (CLOCK_MONOTONIC) wakes waiters whenever VDL advances or the tracker fails.
+ * Threading: every function may be called from any thread; one mutex guards the state.  Each
+ * waiting thread has its own condition variable (CLOCK_MONOTONIC) in a list sorted by the LSN
+ * it waits for: when VDL advances only the waiters it covers are woken; a failure wakes all.
  * aur_quorum_free must not race with any other call.
  *
  * Every function returning int returns AUR_OK (0) or a negative enum aur_status

@@ -27,6 +27,7 @@ from aurora.client import NodeClient
 from aurora.node.pagestore import FILE_HEADER_SIZE as PAGE_FILE_HEADER_SIZE, synced_copy_path
 from aurora.node.process import NodeProcess
 from aurora.node.segment import LOG_HEADER_SIZE
+from aurora.ring import RING_BYTES_MIN, SharedRing
 from aurora.testing import RedoWorkload
 
 pytestmark = pytest.mark.process
@@ -116,12 +117,20 @@ def power_loss(data_dir, journal, rng, mode):
 
 
 class Streamer:
-    """Pipelines APPENDs on one connection and records every ACK, until the node dies."""
+    """Pipelines APPENDs on one connection and records every ACK, until the node dies.  With
+    ``ring``, every batch goes through a shared-memory ring (APPEND_RING notices), as the
+    writer sends to same-host nodes: an ACK for a ring slot must be as durable as any."""
 
-    def __init__(self, address, batches):
+    def __init__(self, address, batches, ring=False):
         self.acks = []                 # (scl, last_lsn)
         self.client = NodeClient(address, volume_id=1, volume_epoch=1)
         self.batches = batches
+        self.ring = None
+        if ring:
+            # Big enough that no slot is reused while this stream lasts.
+            self.ring = SharedRing(max(RING_BYTES_MIN, 2 * sum(len(b) for b in batches)))
+            body = p.RING_ATTACH_BODY.pack(self.ring.ring_id, self.ring.size) + self.ring.path.encode()
+            self.client.request(p.FRAME_RING_ATTACH, body, p.FRAME_OK)
         self.sender = threading.Thread(target=self._send, daemon=True)
         self.receiver = threading.Thread(target=self._receive, daemon=True)
 
@@ -133,7 +142,12 @@ class Streamer:
     def _send(self):
         try:
             for batch in self.batches:
-                self.client.send(p.FRAME_APPEND, batch)
+                if self.ring is None:
+                    self.client.send(p.FRAME_APPEND, batch)
+                    continue
+                slot = self.ring.put(batch)
+                self.client.send(p.FRAME_APPEND_RING, p.APPEND_RING_BODY.pack(
+                    self.ring.ring_id, slot.offset, slot.length, slot.crc))
         except OSError:
             pass
 
@@ -150,6 +164,8 @@ class Streamer:
         self.sender.join(10)
         self.receiver.join(10)
         self.client.close()
+        if self.ring is not None:
+            self.ring.close()
 
 
 def check_node(address, workload, acked_scl, rng):
@@ -169,7 +185,7 @@ def check_node(address, workload, acked_scl, rng):
         return scl, segment
 
 
-def run_power_loss_cycles(tmp_path, monkeypatch, seed, cycles, modes, process_crash_first=False):
+def run_power_loss_cycles(tmp_path, monkeypatch, seed, cycles, modes, process_crash_first=False, ring=False):
     rng = random.Random(seed)
     print("crash-consistency seed", seed)
     journal = str(tmp_path / "sync.journal")
@@ -192,7 +208,7 @@ def run_power_loss_cycles(tmp_path, monkeypatch, seed, cycles, modes, process_cr
                 batches.append((workload.lsn, batch))
             # Like a writer, send again everything the node may have lost (duplicates are idempotent).
             todo = [b for last, b in batches if last > scl]
-            stream = Streamer(address, todo).start()
+            stream = Streamer(address, todo, ring).start()
             want = rng.randint(5, max(6, len(todo) // 2))
             deadline = time.monotonic() + 20
             while len(stream.acks) < want and stream.receiver.is_alive() and time.monotonic() < deadline:
@@ -204,7 +220,7 @@ def run_power_loss_cycles(tmp_path, monkeypatch, seed, cycles, modes, process_cr
                 stream.join()
                 acked_scl = max([acked_scl] + [a[0] for a in stream.acks])
                 node.start()
-                stream = Streamer(address, [b for last, b in batches if last > acked_scl]).start()
+                stream = Streamer(address, [b for last, b in batches if last > acked_scl], ring).start()
                 while len(stream.acks) < 3 and stream.receiver.is_alive() and time.monotonic() < deadline:
                     time.sleep(0.0005)
             node.kill()
@@ -225,6 +241,12 @@ def run_power_loss_cycles(tmp_path, monkeypatch, seed, cycles, modes, process_cr
 def test_power_loss_after_sigkill_loses_no_acknowledged_record(tmp_path, monkeypatch, seed):
     summary = run_power_loss_cycles(tmp_path, monkeypatch, seed, cycles=4, modes=MODES)
     assert any(changed for *_, changed, _ in summary), "the power loss must have dropped something"
+
+
+def test_power_loss_loses_no_record_acknowledged_from_the_ring(tmp_path, monkeypatch):
+    summary = run_power_loss_cycles(tmp_path, monkeypatch, 5, cycles=4, modes=MODES, ring=True)
+    assert any(changed for *_, changed, _ in summary), "the power loss must have dropped something"
+    assert sum(acks for _, acks, *_ in summary) > 0
 
 
 def test_crash_then_restart_then_power_loss(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ import pytest
 
 from aurora import _native, errors, protocol as p, recovery
 from aurora.cluster import Cluster
+from aurora.writer import meta_read, meta_write
 from aurora.node.core import TRUNCATION_ALL_PGS, TRUNCATION_ENTRY, NodeCore
 from aurora.node.disk import SimDisk
 from aurora.node.segment import add_range, range_covered
@@ -166,6 +167,72 @@ def test_recovery_fences_before_it_reads(cluster, monkeypatch):
     assert again.read(3) == page_bytes(3)
     assert again.recovery["truncated"][0] == again.recovery["vdl"]
     again.close()
+
+
+
+@pytest.mark.process
+def test_metadata_write_is_a_compare_and_set(cluster):
+    """Two writers recovering at the same moment write the same metadata version; a node
+    keeps the first value it was given at a version, and only the writer whose value a write
+    quorum holds may go on."""
+    volume = cluster.open_volume("cas", PAGE_SIZE)
+    links = list(volume.links.values())
+    meta_write(links, "test/cas", 5, {"writer": "a"})
+    meta_write(links, "test/cas", 5, {"writer": "a"})          # a retry of the same put takes
+    with pytest.raises(errors.MetadataConflict, match="another writer holds it"):
+        meta_write(links, "test/cas", 5, {"writer": "b"})
+    # Split: another writer's value reached three nodes first; this one can reach only three.
+    for link in links[:3]:
+        with link.client() as client:
+            assert client.meta_put_taken("test/cas", 6, b'{"writer": "c"}') == (6, True)
+    with pytest.raises(errors.MetadataConflict):
+        meta_write(links, "test/cas", 6, {"writer": "d"})
+    meta_write(links, "test/cas", 7, {"writer": "d"})          # a newer version takes everywhere
+    assert meta_read(links, "test/cas") == (7, {"writer": "d"})
+    volume.close()
+
+
+@pytest.mark.process
+def test_two_writers_opening_at_once_never_both_commit(cluster):
+    first = cluster.open_volume("twins", PAGE_SIZE)
+    first.write(1, page_bytes(1))
+    first.commit()
+    first.close()
+    barrier = threading.Barrier(2)
+    opened = [None, None]
+
+    def open_one(i):
+        barrier.wait()
+        try:
+            opened[i] = cluster.open_volume("twins", PAGE_SIZE, commit_timeout=3.0)
+        except errors.AuroraError as exc:       # a clear error is allowed, a second writer is not
+            opened[i] = exc
+
+    threads = [threading.Thread(target=open_one, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    volumes = [v for v in opened if not isinstance(v, Exception)]
+    assert volumes, opened
+    committed = []
+    for i, volume in enumerate(volumes):
+        try:
+            volume.write(10 + i, page_bytes(10 + i))
+            volume.commit()
+            committed.append(volume)
+        except (errors.WriterFenced, errors.QuorumLost):
+            volume.rollback()
+    assert len(committed) == 1, "two writers committed at epochs %s" % [v.epoch for v in committed]
+    winner = committed[0]
+    assert winner.epoch == max(v.epoch for v in volumes)
+    for volume in volumes:
+        volume.close()
+    third = cluster.open_volume("twins", PAGE_SIZE)
+    assert third.read(1) == page_bytes(1)
+    n = 10 + volumes.index(winner)
+    assert third.read(n) == page_bytes(n)
+    third.close()
 
 
 # ---- the node: SET_EPOCH and TRUNCATE --------------------------------------------------------

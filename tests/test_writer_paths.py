@@ -49,3 +49,71 @@ def test_new_pages_of_a_fresh_pg_need_no_read_and_read_back_after_recovery(tmp_p
         assert not reopened.fresh_pgs
         for page_no, page in expected.items():
             assert reopened.read(page_no) == page
+
+
+def test_a_read_asks_every_member_in_the_end_covered_and_connected_first(tmp_path):
+    """The tracker starts every member at the recovery's VDL, so right after recovery all look
+    covered; when the only link connected so far lacks the recovered chain, its refusal must
+    not end the read (test_recovery_fencing failed once so: 'read point 59 above SCL 56',
+    only node-1 asked).  Every member is a candidate: covered and connected ones first."""
+    with Cluster.local(str(tmp_path / "fleet"), log_file_bytes=1 << 20) as cluster:
+        volume = cluster.open_volume("order", pages_per_pg=64)
+        volume.write(5, b"x" * 100)
+        volume.commit()
+        asked = []
+        real = volume._hedged_read
+
+        def spy(pg, page_no, read_lsn, candidates):
+            asked.append(list(candidates))
+            return real(pg, page_no, read_lsn, candidates)
+
+        volume._hedged_read = spy
+        ids = volume.members[0]
+        lone = ids[2]
+        for node_id in ids:                      # as if only one link had connected yet
+            volume.links[node_id].connected = node_id == lone
+        volume.pool.pages.clear()
+        assert volume.read(5)[:100] == b"x" * 100
+        assert sorted(asked[0]) == sorted(ids) and asked[0][0] == lone
+        volume.close()
+
+
+def test_send_all_writes_every_byte_and_reports_each_socket():
+    """The one-GIL-release send of a round (csrc/sendv.c): every byte reaches each socket in
+    order, a dead peer is reported by its errno without stopping the others."""
+    import errno
+    import socket
+
+    from aurora import _native
+
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        payloads = [b"a" * 10, bytearray(b"b" * 100_000), memoryview(b"c" * 7)]
+        pairs[1][1].setblocking(False)
+        received = bytearray()
+
+        def drain():
+            while len(received) < 100_000:
+                try:
+                    received.extend(pairs[1][1].recv(65536))
+                except BlockingIOError:
+                    import time
+                    time.sleep(0.001)
+
+        import threading
+        reader = threading.Thread(target=drain)
+        reader.start()
+        assert _native.send_all([s.fileno() for s, _ in pairs], payloads) == [0, 0, 0]
+        reader.join(timeout=10)
+        assert pairs[0][1].recv(100) == b"a" * 10
+        assert bytes(received) == b"b" * 100_000
+        assert pairs[2][1].recv(100) == b"c" * 7
+        pairs[0][1].close()
+        codes = _native.send_all([pairs[0][0].fileno(), pairs[2][0].fileno()], [b"x", b"y"])
+        assert codes[0] in (errno.EPIPE, errno.ECONNRESET) and codes[1] == 0
+        with pytest.raises(ValueError):
+            _native.send_all([pairs[2][0].fileno()], [])
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()

@@ -17,7 +17,8 @@ from aurora.node.disk import REAL_DISK
 from aurora.node.files import read_json, write_json_durably
 from aurora.node.gossip import accept_gossip_records
 from aurora.node.meta import MetaStore
-from aurora.node.segment import LOG_FILE_BYTES_DEFAULT, ReadPointRefused, Segment, add_range, range_covered
+from aurora.node.segment import (LOG_FILE_BYTES_DEFAULT, SMALL_INDEX_RECORDS, ReadPointRefused, Segment,
+                                 add_range, range_covered)
 
 TRUNCATION_ENTRY = struct.Struct("<IIQQ")   # pg, reserved, after_lsn, through_lsn
 TRUNCATION_ALL_PGS = 0xFFFFFFFF             # the pg of a range that holds for every PG of the volume
@@ -251,8 +252,10 @@ class NodeCore:
         segment = self._segment(volume, header.pg)
         self._check_epoch(volume, header.volume_epoch, "APPEND")
         self._check_membership(segment, header.membership_epoch, "APPEND")
-        segment.check_batch(recs)
-        segment.append(frame.body, recs)
+        # A live batch is a few records: read them as Python rows once, for both steps.
+        rows = recs.tolist() if len(recs) <= SMALL_INDEX_RECORDS else None
+        segment.check_batch(recs, rows)
+        segment.append(frame.body, recs, rows)
         body = p.ACK_BODY.pack(header.pg, 0, segment.scl, header.last_lsn)
         return self._reply(frame, p.FRAME_ACK, body, volume, after_sync=True,
                            membership_epoch=segment.membership_epoch)
@@ -447,9 +450,14 @@ class NodeCore:
         value = bytes(body[start + key_length:])
         if len(value) > p.META_VALUE_BYTES_MAX:
             raise p.BadRequestError("metadata value of %d bytes; at most %d" % (len(value), p.META_VALUE_BYTES_MAX))
-        stored = self.meta.put(bytes(body[start:start + key_length]), version, value)
+        key = bytes(body[start:start + key_length])
+        stored = self.meta.put(key, version, value)
+        # Compare-and-set: the put "took" only if this node now holds exactly this value at
+        # this version (a retry of the same put takes too).  Two writers writing the same
+        # version race, and only one can have a write quorum take it.
+        taken = int(stored == version and self.meta.get(key)[1] == value)
         volume = self.volumes.get(frame.volume_id)
-        return self._reply(frame, p.FRAME_OK, p.OK_BODY.pack(volume.epoch if volume else 0, 0, stored), volume)
+        return self._reply(frame, p.FRAME_OK, p.OK_BODY.pack(volume.epoch if volume else 0, taken, stored), volume)
 
     _handlers = {
         p.FRAME_APPEND: _append,

@@ -88,11 +88,12 @@ def scan_fetched_records(body, after, through):
 class Gossiper(threading.Thread):
     """The gossip and repair thread of one node process."""
 
-    def __init__(self, core, lock, interval_s=GOSSIP_INTERVAL_S):
+    def __init__(self, core, lock, interval_s=GOSSIP_INTERVAL_S, tls=None):
         super().__init__(name="aurora-node-gossip", daemon=True)
         self.core = core
         self.lock = lock
         self.interval_s = interval_s
+        self.tls = tls             # the node's TLSConfig: peers on TCP are dialled with it
         self.stopping = threading.Event()
         self.clients = {}          # address -> NodeClient
         self.backoff_until = {}    # address -> monotonic time
@@ -272,7 +273,7 @@ class Gossiper(threading.Thread):
         try:
             if client is None:
                 from aurora.client import NodeClient   # here: aurora.client imports the server
-                client = NodeClient(address, timeout=GOSSIP_REQUEST_TIMEOUT_S)
+                client = NodeClient(address, timeout=GOSSIP_REQUEST_TIMEOUT_S, tls=self.tls)
                 self.clients[address] = client
             frame = client.request(type, body, expect, volume_id=t["volume_id"],
                                    volume_epoch=t["volume_epoch"], membership_epoch=t["membership_epoch"])

@@ -18,14 +18,17 @@ def _package_root():
 
 
 class NodeProcess:
-    """One `aurora node serve` child process.  The node's output goes to ``log_path``."""
+    """One `aurora node serve` child process.  The node's output goes to ``log_path``.
+    ``tls`` (an aurora.tls.TLSConfig, for a tcp: address) is the node's identity: it then
+    serves TLS only, to clients with a certificate of the same CA."""
 
-    def __init__(self, data_dir, address, node_id, az, log_file_bytes=None, log_path=None):
+    def __init__(self, data_dir, address, node_id, az, log_file_bytes=None, log_path=None, tls=None):
         self.data_dir = data_dir
         self.address = address
         self.node_id = node_id
         self.az = az
         self.log_file_bytes = log_file_bytes
+        self.tls = tls
         self.log_path = log_path or os.path.join(os.path.dirname(os.path.abspath(data_dir)),
                                                  "%s.log" % node_id)
         self.proc = None
@@ -35,6 +38,9 @@ class NodeProcess:
                "--listen", self.address, "--node-id", self.node_id, "--az", self.az]
         if self.log_file_bytes:
             cmd += ["--log-file-bytes", str(self.log_file_bytes)]
+        if self.tls is not None:
+            cmd += ["--tls-ca", os.path.abspath(self.tls.ca_file), "--tls-cert", os.path.abspath(self.tls.cert_file),
+                    "--tls-key", os.path.abspath(self.tls.key_file)]
         # The node stops with the process that started it; a crashed test or program must
         # not leave a fleet running.
         cmd += ["--parent-pid", str(os.getpid())]
@@ -64,6 +70,7 @@ class NodeProcess:
                 raise RuntimeError("node %s exited with %s during start-up; see %s"
                                    % (self.node_id, self.proc.returncode, self.log_path))
             try:
+                # A bare connect: a TLS node does not log a client that sends nothing.
                 with socket.socket(family, socket.SOCK_STREAM) as sock:
                     sock.settimeout(1.0)
                     sock.connect(sockaddr)

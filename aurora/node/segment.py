@@ -177,7 +177,9 @@ class LogFile:
 
     def append(self, data):
         offset = self.tail
-        self.mm[offset:offset + len(data)] = data
+        # Front to back (not one memcpy, whose store order is unspecified): a node killed in
+        # the middle leaves a torn tail, never a bad record followed by good ones.
+        _native.log_append_copy(self.mm, offset, data)
         self.tail = offset + len(data)
         return offset
 
@@ -422,15 +424,16 @@ class Segment:
         if SYNC_JOURNAL:   # msync made every byte up to the tail durable
             _note_sync_facts([log])
 
-    def _index(self, log, recs, shift=0):
+    def _index(self, log, recs, shift=0, rows=None):
         """Index the records of ``recs`` stored in ``log`` at their offset + ``shift``, skipping
         LSNs below the GC point, in a truncated range, or already held.  Whole columns at a
         time: a restart indexes millions of records, so nothing here loops per record in
-        Python except the dictionary updates, which run at C speed."""
+        Python except the dictionary updates, which run at C speed.  ``rows``, when given,
+        is ``recs.tolist()`` already made by the caller."""
         if len(recs) == 0:
             return 0
         if self._restoring is None and len(recs) <= SMALL_INDEX_RECORDS:
-            return self._index_small(log, recs.tolist(), shift)
+            return self._index_small(log, recs.tolist() if rows is None else rows, shift)
         lsn = recs["lsn"]
         keep = lsn > self.state["gc_lsn"]
         for after, through in self.state["truncations"]:
@@ -530,6 +533,9 @@ class Segment:
         """Add new LSNs to ``sorted_lsns``.  Writers send LSNs in increasing order, so the
         common case is an append; out-of-order arrivals are inserted by bisection."""
         ordered = self.sorted_lsns
+        if len(lsns) == 1 and (not ordered or ordered[-1] < lsns[0]):
+            ordered.append(lsns[0])
+            return
         if all(a < b for a, b in zip(lsns, lsns[1:])) and (not ordered or ordered[-1] < lsns[0]):
             ordered.extend(lsns)
             return
@@ -598,12 +604,13 @@ class Segment:
 
     # ---- the write path ----------------------------------------------------------------
 
-    def check_batch(self, recs):
-        """Refuse a batch carrying records of pages outside this PG (a writer bug)."""
+    def check_batch(self, recs, rows=None):
+        """Refuse a batch carrying records of pages outside this PG (a writer bug).  ``rows``,
+        when given, is ``recs.tolist()`` already made by the caller (small batches)."""
         if len(recs) == 0:
             return
         if len(recs) <= SMALL_INDEX_RECORDS:
-            self._check_rows(recs.tolist())
+            self._check_rows(recs.tolist() if rows is None else rows)
             return
         pages = recs["page_no"]
         in_pg = (pages == 0xFFFFFFFF) | ((pages // self.pages_per_pg) == self.pg)
@@ -628,31 +635,54 @@ class Segment:
             if row[R_TYPE] == _native.REC_IMAGE and row[R_PAYLOAD_LENGTH] != self.page_size:
                 raise ValueError("an IMAGE record does not match the segment's %d-byte pages" % self.page_size)
 
-    def append(self, buf, recs):
+    def append(self, buf, recs, rows=None):
         """Append the records of a decoded batch (``recs`` index into ``buf``) that this
         segment does not hold yet.  Durable only after sync().  Returns how many were new.
 
         Duplicates are idempotent and truncated LSNs stay dropped.  The common case, a batch
-        of all-new records, is one copy of the batch body into the log."""
-        if len(recs) == 0:
+        of all-new records, is one copy of the batch body into the log.  A live batch of a
+        few records is read as ``recs.tolist()`` rows (``rows``, if the caller made them
+        already): plain Python beats numpy's per-call cost there, and this runs for every
+        batch on the acknowledgement path.  Larger ones (gossip, bulk loads) are read as
+        columns.  Either way the same code decides between one copy and record by record."""
+        count = len(recs)
+        if count == 0:
             return 0
-        if len(recs) <= SMALL_INDEX_RECORDS:
-            return self._append_rows(memoryview(buf), recs.tolist())
-        view = memoryview(buf)
-        first = int(recs["offset"][0])
-        last = int(recs["offset"][-1]) + RECORD_HEADER_SIZE + int(recs["payload_length"][-1])
-        contiguous = last - first == int(recs["payload_length"].sum()) + RECORD_HEADER_SIZE * len(recs)
-        fresh = self._fresh(recs)
-        if contiguous and fresh.all() and last - first <= self.log_file_bytes - LOG_HEADER_SIZE:
+        if count <= SMALL_INDEX_RECORDS:
+            if rows is None:
+                rows = recs.tolist()
+            fresh = self._fresh_rows(rows)
+            offsets = [row[R_OFFSET] for row in rows]
+            lengths = [row[R_PAYLOAD_LENGTH] for row in rows]
+            payload_bytes = sum(lengths)
+        else:
+            rows = None
+            fresh = self._fresh(recs).tolist()
+            offsets = recs["offset"]
+            lengths = recs["payload_length"]
+            payload_bytes = int(lengths.sum())
+        return self._append_runs(memoryview(buf), recs, rows, fresh, offsets, lengths, payload_bytes)
+
+    def _append_runs(self, view, recs, rows, fresh, offsets, lengths, payload_bytes):
+        """append()'s one decision, for rows and columns alike: a contiguous batch of only new
+        records that fits in one log file is one copy; anything else is copied record by
+        record, the records this segment holds (or must not hold) left out."""
+        count = len(recs)
+        first = int(offsets[0])
+        last = int(offsets[-1]) + RECORD_HEADER_SIZE + int(lengths[-1])
+        contiguous = last - first == payload_bytes + RECORD_HEADER_SIZE * count
+        if contiguous and all(fresh) and last - first <= self.log_file_bytes - LOG_HEADER_SIZE:
             log, at = self._write(view, first, last)
-            added = self._index(log, recs, at - first)
+            added = self._index(log, recs, at - first, rows)
         else:
             added = 0
-            for i in np.flatnonzero(fresh).tolist():
-                offset = int(recs["offset"][i])
-                length = RECORD_HEADER_SIZE + int(recs["payload_length"][i])
-                log, at = self._write(view, offset, offset + length)
-                added += self._index(log, recs[i:i + 1], at - offset)
+            for i in range(count):
+                if not fresh[i]:
+                    continue
+                offset = int(offsets[i])
+                log, at = self._write(view, offset, offset + RECORD_HEADER_SIZE + int(lengths[i]))
+                added += self._index(log, recs[i:i + 1], at - offset,
+                                     None if rows is None else rows[i:i + 1])
         if added:
             self._advance_scl()
         return added
@@ -665,37 +695,19 @@ class Segment:
         self._dirty_files.add(log)
         return log, at
 
-    def _append_rows(self, view, rows):
-        """append() for a live batch of a few records as ``recs.tolist()`` rows: the same
-        decisions as the column path (one copy when the batch is contiguous and all new,
-        else record by record), in plain Python."""
+    def _fresh_rows(self, rows):
+        """_fresh for ``recs.tolist()`` rows: a list of bools."""
         gc_lsn = self.state["gc_lsn"]
         truncations = self.state["truncations"]
         records = self.records
-        fresh = [row[R_LSN] > gc_lsn and row[R_LSN] not in records
-                 and not any(after < row[R_LSN] <= through for after, through in truncations)
-                 for row in rows]
-        first = rows[0][R_OFFSET]
-        last = rows[-1][R_OFFSET] + RECORD_HEADER_SIZE + rows[-1][R_PAYLOAD_LENGTH]
-        contiguous = last - first == sum(row[R_PAYLOAD_LENGTH] for row in rows) + RECORD_HEADER_SIZE * len(rows)
-        if contiguous and all(fresh) and last - first <= self.log_file_bytes - LOG_HEADER_SIZE:
-            log, at = self._write(view, first, last)
-            added = self._index_small(log, rows, at - first)
-        else:
-            added = 0
-            for row, keep in zip(rows, fresh):
-                if not keep:
-                    continue
-                offset = row[R_OFFSET]
-                length = RECORD_HEADER_SIZE + row[R_PAYLOAD_LENGTH]
-                log, at = self._write(view, offset, offset + length)
-                added += self._index_small(log, [row], at - offset)
-        if added:
-            self._advance_scl()
-        return added
+        if not truncations:
+            return [row[R_LSN] > gc_lsn and row[R_LSN] not in records for row in rows]
+        return [row[R_LSN] > gc_lsn and row[R_LSN] not in records
+                and not any(after < row[R_LSN] <= through for after, through in truncations)
+                for row in rows]
 
     def _fresh(self, recs):
-        """Which records of ``recs`` this segment should store."""
+        """Which records of ``recs`` this segment should store (a bool column)."""
         lsn = recs["lsn"]
         keep = lsn > self.state["gc_lsn"]
         for after, through in self.state["truncations"]:

@@ -10,6 +10,11 @@ Group commit: replies that must wait for durability (ACKs) are queued with the f
 descriptors the appends dirtied.  After serving every frame a round of the loop received, the
 loop fdatasyncs them itself and sends the ACKs; every batch that arrives while a sync runs
 waits in its socket buffer and shares the next one.
+
+TLS (aurora/tls.py): a TCP listener given a TLSConfig speaks only TLS with a client
+certificate of the cluster CA.  Each connection's handshake advances inside this loop as its
+bytes arrive (memory BIOs, never a blocking call), is bounded by HANDSHAKE_TIMEOUT_S, and a
+client that fails it is logged and disconnected; no frame is served before it succeeds.
 """
 import json
 import logging
@@ -17,12 +22,13 @@ import os
 import selectors
 import signal
 import socket
+import ssl
 import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from aurora import errors, protocol as p
+from aurora import errors, protocol as p, tls as tls_module
 from aurora.node.core import NodeCore
 from aurora.node.gossip import GOSSIP_INTERVAL_S, Gossiper
 from aurora.node import segment as segment_module
@@ -43,6 +49,10 @@ SCRUB_BYTES_PER_SLICE = 16 * 1024   # with 50 slices/s: at most ~800 KB/s of scr
 # Log files of different segments synced in parallel by one group commit.
 SYNC_THREADS_MAX = 8
 PARENT_CHECK_INTERVAL_S = 1.0
+ORPHAN_STOP_GRACE_S = 8.0
+# Refused TLS clients are logged, at most this many lines a minute (then one line of count),
+# so a port scanner cannot fill the disk with them.
+TLS_REFUSALS_LOGGED_PER_MINUTE = 20
 
 
 def parse_address(address):
@@ -81,15 +91,18 @@ def listen(address):
 
 
 class Connection:
-    __slots__ = ("sock", "reader", "out", "closing", "peer", "rings")
+    __slots__ = ("sock", "reader", "out", "closing", "peer", "rings", "tls", "received", "writing")
 
-    def __init__(self, sock, peer):
+    def __init__(self, sock, peer, tls=None):
         self.sock = sock
         self.reader = p.FrameReader()
-        self.out = bytearray()
+        self.out = bytearray()   # plaintext replies (encrypted by ``tls`` on the way out)
         self.closing = False
         self.peer = peer
         self.rings = {}          # ring_id -> RingReader (a same-host writer's shared memory)
+        self.tls = tls           # a tls.ServerSession on a TLS listener
+        self.received = 0        # bytes received (a probe that sends none is not logged)
+        self.writing = False     # registered for EVENT_WRITE (output is waiting for room)
 
 
 def _journal_synced(facts):
@@ -145,13 +158,31 @@ class GroupCommit:
 
 class NodeServer:
     def __init__(self, data_dir, listen_address, node_id, az, log_file_bytes=None,
-                 background=True, gossip=True, gossip_interval_s=GOSSIP_INTERVAL_S):
+                 background=True, gossip=True, gossip_interval_s=GOSSIP_INTERVAL_S, tls=None):
+        family, _ = parse_address(listen_address)
+        if tls is not None and family == socket.AF_UNIX:
+            raise ValueError("TLS is for TCP listeners; %s is a Unix socket, which file modes "
+                             "protect (0600 in a 0700 directory): drop the --tls-* options" % listen_address)
         kwargs = {} if log_file_bytes is None else {"log_file_bytes": log_file_bytes}
+        # The TLS contexts are built (and the files read) before anything else starts, so a
+        # bad certificate or key stops the node at once with the file named.
+        self.tls_context = tls.server_context if tls is not None else None
+        if tls is not None:
+            tls.client_context
         self.core = NodeCore(data_dir, node_id, az, self_address=listen_address, **kwargs)
         self.lock = threading.Lock()
-        self.gossiper = Gossiper(self.core, self.lock, gossip_interval_s) if gossip else None
+        # Gossip dials peers with the client side of the same identity.
+        self.gossiper = Gossiper(self.core, self.lock, gossip_interval_s, tls=tls) if gossip else None
         self.address = listen_address
         self.listener = listen(listen_address)
+        if tls is None and family != socket.AF_UNIX:
+            log.warning("listening on %s in plaintext: anyone who reaches this port can append redo, "
+                        "change epochs and read pages; give --tls-ca, --tls-cert and --tls-key", listen_address)
+        self.handshaking = {}        # fd -> Connection whose TLS handshake is not done
+        self.tls_refused = 0
+        self._refusals_logged = 0
+        self._refusals_unlogged = 0
+        self._refusal_window_start = 0.0
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, None)
         self.group_commit = GroupCommit()
@@ -165,6 +196,10 @@ class NodeServer:
         self._last_gc = 0.0
         self._last_background = 0.0
         self._background_busy = False    # the last slice found work: run the next one soon
+        # One receive buffer for the loop: recv() of RECV_BYTES allocated (and for 1 MiB,
+        # mmap'ed, mremap'ed and munmap'ed) a fresh object for every frame that arrived.
+        self._recv_buffer = bytearray(RECV_BYTES)
+        self._recv_view = memoryview(self._recv_buffer)
 
     # ---- loop --------------------------------------------------------------------------
 
@@ -192,6 +227,8 @@ class NodeServer:
                         if mask & selectors.EVENT_WRITE and conn.sock.fileno() >= 0:
                             self._flush(conn)
                 self._commit_round()
+                if self.handshaking:
+                    self._expire_handshakes()
                 if self.background and (not events or
                                         time.monotonic() - self._last_background >= BACKGROUND_INTERVAL_S):
                     self._background()
@@ -213,22 +250,35 @@ class NodeServer:
             sock.setblocking(False)
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(sock, peer)
+            session = None
+            if self.tls_context is not None:
+                session = tls_module.ServerSession(self.tls_context, time.monotonic())
+            conn = Connection(sock, peer, session)
             self.connections[sock.fileno()] = conn
+            if session is not None:
+                self.handshaking[sock.fileno()] = conn
             self.selector.register(sock, selectors.EVENT_READ, conn)
 
     def _on_readable(self, conn):
         try:
-            data = conn.sock.recv(RECV_BYTES)
+            received = conn.sock.recv_into(self._recv_buffer)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self._close(conn)
             return
-        if not data:
+        if not received:
+            if conn.tls is not None and not conn.tls.handshaken and conn.received:
+                self._refuse(conn, "closed the connection during the TLS handshake")
             self._close(conn)
             return
-        conn.reader.feed(data)
+        conn.received += received
+        data = self._recv_view[:received]
+        if conn.tls is not None:
+            data = self._decrypt(conn, bytes(data))
+            if not data:
+                return
+        conn.reader.feed(data)     # feed copies the bytes
         try:
             for frame in conn.reader.frames():
                 self._dispatch(conn, frame)
@@ -240,6 +290,62 @@ class NodeServer:
             self._send(conn, p.encode_frame(p.FRAME_ERROR, p.error_body(p.ERROR_MALFORMED, str(exc))))
             conn.closing = True
         self._flush(conn)
+
+    def _decrypt(self, conn, data):
+        """The plaintext ``data`` completes on a TLS connection (b"" if none yet); a client
+        that fails the handshake or breaks TLS is logged and disconnected."""
+        session = conn.tls
+        handshaken = session.handshaken
+        try:
+            data = session.receive(data)
+        except ssl.SSLError as exc:
+            reason = tls_module.describe_failure(exc, "the client", "this node")
+            self._refuse(conn, reason if not handshaken else "TLS error after the handshake: %s" % reason)
+            # The alert OpenSSL wrote tells the client why; sent if the socket takes it now.
+            self._send_wire(conn, session.wire)
+            self._close(conn)
+            return b""
+        except Exception:   # a bug must not take the node down: this connection goes
+            log.exception("TLS failure on the connection from %s; disconnected", _peer_text(conn.peer))
+            self._close(conn)
+            return b""
+        if session.handshaken and not handshaken:
+            self.handshaking.pop(conn.sock.fileno(), None)
+            log.debug("TLS %s from %s (%s)", session.tls.version(), conn.peer, session.peer_name())
+        if session.eof:
+            conn.closing = True
+        if not data:
+            self._flush(conn)      # handshake messages
+        return data
+
+    def _refuse(self, conn, reason):
+        self.tls_refused += 1
+        now = time.monotonic()
+        if now - self._refusal_window_start >= 60.0:
+            if self._refusals_unlogged:
+                log.warning("%d more TLS clients refused in the last minute (not logged one by one)",
+                            self._refusals_unlogged)
+            self._refusal_window_start = now
+            self._refusals_logged = self._refusals_unlogged = 0
+        if self._refusals_logged < TLS_REFUSALS_LOGGED_PER_MINUTE:
+            self._refusals_logged += 1
+            log.warning("refused TLS client %s: %s; disconnected", _peer_text(conn.peer), reason)
+        else:
+            self._refusals_unlogged += 1
+
+    def _expire_handshakes(self):
+        now = time.monotonic()
+        for conn in [c for c in self.handshaking.values() if now >= c.tls.deadline]:
+            if conn.received:
+                self._refuse(conn, "TLS handshake not done within %.0f s" % tls_module.HANDSHAKE_TIMEOUT_S)
+            self._close(conn)
+
+    def _send_wire(self, conn, wire):
+        if wire:
+            try:
+                del wire[:conn.sock.send(wire)]
+            except OSError:
+                pass
 
     def _dispatch(self, conn, frame):
         if frame.type == p.FRAME_RING_ATTACH or frame.type == p.FRAME_APPEND_RING:
@@ -329,28 +435,36 @@ class NodeServer:
         conn.out += data
 
     def _flush(self, conn):
-        if conn.out:
+        out = conn.out if conn.tls is None else conn.tls.seal(conn.out)
+        if out:
             try:
-                sent = conn.sock.send(conn.out)
-                del conn.out[:sent]
+                sent = conn.sock.send(out)
+                del out[:sent]
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:
                 self._close(conn)
                 return
-        if conn.out:
-            self.selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+        # The selector is told only of changes (its modify() costs a few lookups even when
+        # nothing changes, and this runs for every reply).
+        if out:
+            if not conn.writing:
+                self.selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+                conn.writing = True
         else:
             if conn.closing:
                 self._close(conn)
                 return
-            self.selector.modify(conn.sock, selectors.EVENT_READ, conn)
+            if conn.writing:
+                self.selector.modify(conn.sock, selectors.EVENT_READ, conn)
+                conn.writing = False
 
     def _close(self, conn):
         fd = conn.sock.fileno()
         if fd < 0:
             return
         self.connections.pop(fd, None)
+        self.handshaking.pop(fd, None)
         for reader in conn.rings.values():
             reader.close()
         conn.rings.clear()
@@ -398,8 +512,9 @@ class NodeServer:
             try:
                 conn.sock.setblocking(True)
                 conn.sock.settimeout(1.0)
-                if conn.out:
-                    conn.sock.sendall(conn.out)
+                out = conn.out if conn.tls is None else conn.tls.seal(conn.out)
+                if out:
+                    conn.sock.sendall(out)
             except OSError:
                 pass
             self._close(conn)
@@ -422,16 +537,28 @@ def watch_parent(server, parent_pid, interval_s=PARENT_CHECK_INTERVAL_S):
             if os.getppid() != parent_pid:
                 log.warning("parent process %d is gone; shutting down", parent_pid)
                 server.stop()
-                return
+                # A clean stop syncs and answers what is queued; on a loaded host it can wait
+                # on a gossip request's timeout.  An orphan must not linger: past the grace
+                # period it exits as a crash would, which every file of the node survives.
+                time.sleep(ORPHAN_STOP_GRACE_S)
+                log.warning("clean stop took over %.0f s; exiting now", ORPHAN_STOP_GRACE_S)
+                os._exit(1)
             time.sleep(interval_s)
 
     threading.Thread(target=run, name="aurora-node-parent-watch", daemon=True).start()
 
 
-def serve(data_dir, listen_address, node_id, az, log_file_bytes=None, parent_pid=None):
+def _peer_text(peer):
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return "%s:%s" % (peer[0], peer[1])
+    return str(peer) or "(unix socket)"
+
+
+def serve(data_dir, listen_address, node_id, az, log_file_bytes=None, parent_pid=None, tls=None):
     """Run a node in the foreground until SIGTERM or SIGINT (clean) or SIGKILL (crash), or,
-    with ``parent_pid``, until that process is gone."""
-    server = NodeServer(data_dir, listen_address, node_id, az, log_file_bytes)
+    with ``parent_pid``, until that process is gone.  ``tls`` (an aurora.tls.TLSConfig) makes
+    a TCP listener TLS-only with client certificates."""
+    server = NodeServer(data_dir, listen_address, node_id, az, log_file_bytes, tls=tls)
     if parent_pid:
         watch_parent(server, parent_pid)
 
@@ -440,6 +567,8 @@ def serve(data_dir, listen_address, node_id, az, log_file_bytes=None, parent_pid
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print("aurora node %s (%s) serving %s from %s" % (node_id, az, listen_address, data_dir), flush=True)
+    print("aurora node %s (%s) serving %s%s from %s" % (node_id, az, listen_address,
+                                                       " (TLS, client certificates required)" if tls else "",
+                                                       data_dir), flush=True)
     server.serve_forever()
     return 0

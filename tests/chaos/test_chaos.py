@@ -11,6 +11,7 @@ the default suite; `pytest -m slow tests/chaos` runs the long one (AURORA_CHAOS_
 """
 import os
 import random
+import shutil
 import tempfile
 
 import pytest
@@ -33,9 +34,12 @@ def run(faults, **options):
         lines.append(line)
         print(line, flush=True)
 
-    report = chaos.run_chaos(tempfile.mkdtemp(prefix="aur-chaos-"), seed, faults, log=log, **options)
+    data_dir = tempfile.mkdtemp(prefix="aur-chaos-")
+    report = chaos.run_chaos(data_dir, seed, faults, log=log, **options)
     result = report["result"]
-    assert result["valid"], "chaos seed %d: %s\n%s" % (seed, chaos.summary(result), "\n".join(lines))
+    assert result["valid"], "chaos seed %d (data kept in %s): %s\n%s" % (
+        seed, data_dir, chaos.summary(result), "\n".join(lines))
+    shutil.rmtree(data_dir, ignore_errors=True)      # about 600 MB; kept above when the check fails
     assert result["acknowledged"] > 0, "chaos seed %d: nothing was acknowledged" % seed
     assert report["node_kills"] >= 6 and report["writer_kills"] >= 1
     return report
