@@ -329,3 +329,24 @@ def test_a_crash_after_gc_loses_nothing_a_read_at_or_above_the_lwm_needs(seed):
     assert segment.state["gc_lsn"] > 0 or segment.state["needs_repair"]
     assert_reads_match(segment, workload, [segment.scl])
     segment.close()
+
+
+def test_the_scrub_keeps_going_when_gc_deletes_the_file_before_it(tmp_path):
+    """The scrub's cursor is an index into the log files: GC deleting a file before it must
+    keep it on the file it was in (the 4 GiB benchmark: it pointed past the end of another
+    file, and every background slice of the node failed)."""
+    workload, segment = written(tmp_path / "seg", seed=20)
+    materialize(segment)
+    last = segment.files[-1]
+    middle = last.lsns[len(last.lsns) // 2]
+    offset = segment._entry(middle)[1]                  # a record boundary in the last file
+    segment._scrub_file, segment._scrub_offset = len(segment.files) - 1, offset
+    segment.set_lwm(segment.scl)
+    assert gc_until_done(segment)[1] >= 3
+    assert segment.files == [last]
+    assert segment.files[segment._scrub_file] is last and segment._scrub_offset == offset
+    passes = segment.scrub["passes"]
+    for _ in range(8):
+        assert segment.scrub_step(16 * 1024) == 0
+    assert segment.scrub["passes"] > passes and not segment.corruption
+    segment.close()

@@ -486,20 +486,28 @@ class NodeCore:
         work = 0
         pending = False
         busy = False
+        failure = None
         for volume in list(self.volumes.values()):
             for segment in list(volume.segments.values()):
-                work += segment.materialize_step(materialize_pages)
-                if scrub_bytes:
-                    segment.scrub_step(scrub_bytes)
-                if gc:
-                    # Log files go only up to the VDL hint this node has made durable: a
-                    # recovery lists records above the hints it is told.
-                    dropped, deleted = segment.gc_step(volume.vdl_hint_saved)
-                    work += dropped + deleted
+                # One segment's failure must not stop the others' background work: it is
+                # raised after every segment had its slice.
+                try:
+                    work += segment.materialize_step(materialize_pages)
+                    if scrub_bytes:
+                        segment.scrub_step(scrub_bytes)
+                    if gc:
+                        # Log files go only up to the VDL hint this node has made durable: a
+                        # recovery lists records above the hints it is told.
+                        dropped, deleted = segment.gc_step(volume.vdl_hint_saved)
+                        work += dropped + deleted
+                except Exception as exc:
+                    failure = failure or exc
                 pending = pending or segment.gc_pending()
                 busy = busy or segment.background_pending()
         self.gc_pending = pending
         self.background_pending = busy
+        if failure is not None:
+            raise failure
         return work
 
     def note_peer_scls(self, volume_id, pg, answers):

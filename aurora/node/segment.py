@@ -1278,7 +1278,15 @@ class Segment:
         self.pages.sync()
         self.state["gc_lsn"] = max(self.state["gc_lsn"], log.max_lsn)
         self._save_state()
-        self.files.remove(log)
+        index = self.files.index(log)
+        del self.files[index]
+        # The scrub's cursor is an index into self.files: keep it on the file it was in (the
+        # 4 GiB benchmark found it pointing past the end of the next file, and the scrub's
+        # error stopped every segment's background work on the node).
+        if index < self._scrub_file:
+            self._scrub_file -= 1
+        elif index == self._scrub_file:
+            self._scrub_offset = LOG_HEADER_SIZE
         del self.files_by_seq[log.seq]
         log.close()
         self.disk.unlink(log.path)
@@ -1328,6 +1336,8 @@ class Segment:
                 self._scrub_offset = LOG_HEADER_SIZE
                 self.scrub["passes"] += 1
             log = self.files[self._scrub_file]
+            if self._scrub_offset > log.tail:     # never expected; start the file again
+                self._scrub_offset = LOG_HEADER_SIZE
             view = memoryview(log.mm)[:log.tail]
             start = self._scrub_offset
             recs, end, reason = _native.scan_log(view, start, max(1, max_bytes // 64))
