@@ -5,8 +5,33 @@ increasing, PG and page backlinks, CPL flags closing each mini-transaction) and 
 every page's content at every LSN, so a node's GetPage@LSN can be checked at any read point.
 """
 import random
+import time
 
 from aurora import _native
+
+
+def wait_for(predicate, what, deadline_s=60.0, poll_s=0.05):
+    """``predicate()``'s first true value, polled until ``deadline_s``; AssertionError naming
+    ``what`` if it never comes (tests of real processes wait for background work this way)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for %s" % what)
+        time.sleep(poll_s)
+
+
+def feed_segment(segment, workload, rows):
+    """Append ``rows`` of ``workload`` to an in-process Segment as one batch, as a node's
+    APPEND does, and sync; returns how many records were new."""
+    batch = workload.batch(rows)
+    _, recs = _native.decode_batch(batch)
+    segment.check_batch(recs)
+    added = segment.append(batch, recs)
+    segment.sync()
+    return added
 
 
 class RedoWorkload:

@@ -22,6 +22,7 @@ Invariants (DESIGN.md section 2) and where they are kept:
 import array
 import bisect
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -56,6 +57,7 @@ READ_TIMEOUT_S = 5.0
 RECONNECT_DELAY_S_MIN = 0.05
 RECONNECT_DELAY_S_MAX = 1.0
 HINT_INTERVAL_S = 0.1
+LWM_RETENTION_SAMPLES_MAX = 1024          # (time, VDL) samples kept for the retention window
 RETAINED_BYTES_MAX = 64 * 1024 * 1024      # redo kept for resending to members that reconnect
 LIST_PAGE_RECORDS = 65536
 RECOVERY_ROUNDS_MAX = 10_000              # bound on LIST_RECORDS paging per member
@@ -735,7 +737,7 @@ class Volume:
     def __init__(self, cluster, name="main", page_size=_native.PAGE_SIZE_DEFAULT,
                  pages_per_pg=None, lal=LAL_DEFAULT, commit_timeout=COMMIT_TIMEOUT_S_DEFAULT,
                  buffer_pool_pages=BUFFER_POOL_PAGES_DEFAULT, hedge_delay=HEDGE_DELAY_S_DEFAULT,
-                 ring_bytes=None):
+                 ring_bytes=None, lwm_retention_s=0.0):
         self.cluster = cluster
         self.name = name
         self.commit_timeout = commit_timeout
@@ -773,6 +775,7 @@ class Volume:
         self.pump = LinkPump(self, self.links.values())
         self.pump.start()
         self._hint_sent = 0
+        self._init_pgmrpl(lwm_retention_s)
         self._ticker = threading.Thread(target=self._tick, name="aurora-writer-tick", daemon=True)
         self._ticker.start()
 
@@ -1371,7 +1374,8 @@ class Volume:
             return image
         if lsn > self.tracker.vdl:
             raise ValueError("read point %d is above VDL %d" % (lsn, self.tracker.vdl))
-        return self._get_page(page_no, lsn)[0]
+        with self.read_point(lsn):
+            return self._get_page(page_no, lsn)[0]
 
     def _prefetch(self, page_nos):
         """Read the pages an MTR changes that are not cached, before taking the log lock, so
@@ -1522,6 +1526,100 @@ class Volume:
                 members = {n for ids in list(self.members.values()) for n in ids}
                 for node_id in members:
                     self.links[node_id].enqueue(p.FRAME_VOLUME_HINT, 0, body)
+            self._advance_pgmrpl()
+
+    # ---- PGMRPL: the lowest read point in use, sent as SET_LWM --------------------------
+    #
+    # Storage nodes garbage-collect page versions and log below the low-water mark a PG's
+    # members are told (SET_LWM) and refuse reads below it.  The writer's is the lowest read
+    # point any read of this volume may still use: VDL (every read without an explicit LSN
+    # reads at VDL), lowered by reads at an explicit older LSN while they run (read_point) and
+    # by the retention window ``lwm_retention_s`` (history kept below VDL for later reads at
+    # older points; 0, the default, keeps nothing extra).  Per PG it is the PG's last LSN at
+    # or below it (_pg_read_point), the read point GetPage uses; to each member at most its
+    # acknowledged SCL (a node clamps to its SCL anyway; so a member that is behind is sent the
+    # rest once it acknowledges more).  It never goes back, and is sent only when it moved.
+
+    def _init_pgmrpl(self, retention_s):
+        if retention_s < 0:
+            raise ValueError("lwm_retention_s must be >= 0, not %r" % (retention_s,))
+        self.lwm_retention_s = retention_s
+        self.pgmrpl = 0                       # the volume read point the LWMs were computed from
+        self._pinned = collections.Counter()  # explicit read points in use -> reads using them
+        self._pinned_lock = threading.Lock()
+        self._vdl_samples = collections.deque()   # (monotonic time, VDL) for the retention window
+        self._vdl_seen = None                 # the newest (time, VDL) not sampled yet
+        self._lwm_sent = {}                   # (node id, pg) -> LWM last sent to that member
+
+    @contextlib.contextmanager
+    def read_point(self, lsn):
+        """Hold the read point ``lsn`` for the reads made inside: the writer's PGMRPL (and so
+        every member's low-water mark) stays at or below it until the block ends.  A read
+        point below PGMRPL is refused at once with ReadPointError: nodes may already have
+        collected what it needs."""
+        with self._pinned_lock:
+            if lsn < self.pgmrpl:
+                raise p.ReadPointError(
+                    "read point %d of volume %r is below the low-water mark (PGMRPL) %d: storage nodes "
+                    "may have garbage-collected the versions it needs; read at or above it, or open the "
+                    "volume with a longer lwm_retention_s" % (lsn, self.name, self.pgmrpl))
+            self._pinned[lsn] += 1
+        try:
+            yield lsn
+        finally:
+            with self._pinned_lock:
+                self._pinned[lsn] -= 1
+                if not self._pinned[lsn]:
+                    del self._pinned[lsn]
+
+    def _retention_bound(self, vdl, now):
+        """The highest VDL sampled at least ``lwm_retention_s`` ago (0 if none yet): history
+        above it is kept.  Samples are spaced so at most LWM_RETENTION_SAMPLES_MAX are kept."""
+        samples = self._vdl_samples
+        spacing = max(HINT_INTERVAL_S, self.lwm_retention_s / LWM_RETENTION_SAMPLES_MAX)
+        # A VDL is remembered with the time it was first seen; it becomes a sample once the
+        # spacing allows (so a VDL that then stays put is released after the window too).
+        if vdl > (self._vdl_seen[1] if self._vdl_seen else samples[-1][1] if samples else -1):
+            self._vdl_seen = (now, vdl)
+        if self._vdl_seen and (not samples or now - samples[-1][0] >= spacing):
+            samples.append(self._vdl_seen)
+            self._vdl_seen = None
+        cutoff = now - self.lwm_retention_s
+        while len(samples) > 1 and samples[1][0] <= cutoff:
+            samples.popleft()
+        return samples[0][1] if samples[0][0] <= cutoff else 0
+
+    def _advance_pgmrpl(self):
+        """Raise PGMRPL if it can move, and send SET_LWM to each member whose LWM that (or a
+        higher acknowledged SCL) moves.  Runs on the tick thread.
+
+        Computed under the log lock (skipped this tick if a committer holds it): a read at VDL
+        under that lock reads VDL and sends its GET_PAGE before letting go, so no LWM computed
+        here can pass it.  The warm-up reads outside the lock (_prefetch) may be refused;
+        they fall back to the locked path."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            vdl = self.tracker.vdl
+            lwm = vdl
+            if self.lwm_retention_s:
+                lwm = min(lwm, self._retention_bound(vdl, time.monotonic()))
+            with self._pinned_lock:
+                if self._pinned:
+                    lwm = min(lwm, min(self._pinned))
+                if lwm > self.pgmrpl:
+                    self.pgmrpl = lwm
+                lwm = self.pgmrpl
+            per_pg = {pg: self._pg_read_point(pg, lwm) for pg in list(self.members)}
+        finally:
+            self._lock.release()
+        for pg, pg_lwm in per_pg.items():
+            for node_id in self.members[pg]:
+                link = self.links[node_id]
+                value = min(pg_lwm, link.acked_scl.get(pg, 0))
+                if link.connected and value > self._lwm_sent.get((node_id, pg), 0):
+                    self._lwm_sent[(node_id, pg)] = value
+                    link.enqueue(p.FRAME_SET_LWM, pg, p.SET_LWM_BODY.pack(pg, 0, value))
 
     # ---- status and close --------------------------------------------------------------
 

@@ -6,15 +6,22 @@
 For each size, on 6 local node processes (``Cluster.local``, 1 GiB segments, so 1 and 4 PGs):
 
 1. build: a writer in a child process writes every page once (262,144 or 1,048,576 pages) in
-   MTRs of ``MTR_PAGES`` pages, two MTRs in flight; the build rate goes in extra_info;
-2. each round: a writer in a child process opens the volume (a recovery of its own), keeps
+   MTRs of ``MTR_PAGES`` pages, two MTRs in flight; the build rate goes in extra_info.  The
+   writer sends PGMRPL (SET_LWM) as in service, so the nodes materialize and garbage-collect
+   while it writes;
+2. settle: the builder streams for a moment and is SIGKILLed; then the nodes are left until
+   their background work (materialization, GC of the build's log) has caught up, as a fleet
+   in service would be: every segment down to at most SETTLED_LOG_FILES log files, or
+   SETTLE_TIMEOUT_S.  Log bytes before and after, and the time it took, go in extra_info;
+3. each round: a writer in a child process opens the volume (a recovery of its own), keeps
    committing MTRs of random pages with several in flight, and is SIGKILLed mid-stream; then
    a fresh ``Volume`` in this process opens the volume: that open (fence, read quorum, VCL/VDL,
-   truncation, wait for the recovered chain on a write quorum) is the timed part.  Every
-   commit the killed writer saw acknowledged must be at or below the recovered VDL.
+   truncation, wait for the recovered chain on a write quorum) is the timed part, with the
+   time of each step (``volume.recovery["phases"]``).  Every commit the killed writer saw
+   acknowledged must be at or below the recovered VDL.
 
 Both sizes never hold their data at once: each size's data directory is deleted when it is
-done (4 GiB x 6 copies is 24 GiB of disk).  AURORA_BENCH_RECOVERY_GIB picks the sizes
+done (4 GiB on 6 nodes is 24 GiB of pages alone).  AURORA_BENCH_RECOVERY_GIB picks the sizes
 (default "1,4"), AURORA_BENCH_RECOVERY_ROUNDS the rounds (default 5), AURORA_BENCH_DIR the
 parent directory of the data (default: the system temporary directory).
 
@@ -55,12 +62,14 @@ STREAM_SECONDS = 1.5             # commits streamed before the kill
 BUILD_TIMEOUT_S = 3600
 LINE_TIMEOUT_S = 600
 DISK_FREE_BYTES_MIN = 6 * GIB    # the build stops (and the test fails) below this much free disk
+SETTLED_LOG_FILES = 2            # per segment, once the nodes' GC has caught up with the build
+SETTLE_TIMEOUT_S = 1800
+SETTLE_POLL_S = 2.0
 
 # The child writer.  Prints one line per event: "open <recovery s>", "progress <pages> <s>",
 # "built <pages> <s>", "streaming", "acked <lsn>".
 CHILD = r"""
 import collections, os, random, sys, time
-from aurora import protocol as p
 from aurora.cluster import Cluster
 
 data_dir, pages, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -70,20 +79,6 @@ volume = cluster.open_volume("bench", 4096, buffer_pool_pages=1 << 40, commit_ti
 print("open %.6f" % volume.recovery_seconds, flush=True)
 zero = bytes(4096)
 blob = os.urandom(4096 + 65536)
-
-
-def set_lwm():
-    # No reader of this volume needs a read point below VDL, so PGMRPL is VDL: the nodes may
-    # garbage-collect log files whose pages are materialized (the writer does not send it yet).
-    vdl = volume.vdl
-    for pg, ids in volume.members.items():
-        for node_id in ids:
-            try:
-                with volume.links[node_id].client() as client:
-                    client.request(p.FRAME_SET_LWM, p.SET_LWM_BODY.pack(pg, 0, vdl), p.FRAME_OK)
-            except Exception:
-                pass
-
 
 if mode == "build":
     pending = collections.deque()
@@ -101,7 +96,6 @@ if mode == "build":
             for n in range(a, b):
                 volume.pool.pages.pop(n, None)
         if (first // MTR_PAGES) % 16 == 0:
-            set_lwm()
             print("progress %d %.3f" % (last, time.perf_counter() - started), flush=True)
     while pending:
         volume.wait_durable(pending.popleft()[0])
@@ -109,11 +103,7 @@ if mode == "build":
 rng = random.Random(os.getpid())
 pending = collections.deque()
 print("streaming", flush=True)
-mtrs = 0
 while True:
-    mtrs += 1
-    if mtrs % 64 == 0:
-        set_lwm()
     for n in sorted(rng.sample(range(STREAM_PAGES), STREAM_MTR_PAGES)):
         offset = rng.randrange(65536)
         volume.write(n, blob[offset:offset + 4096])
@@ -172,6 +162,62 @@ class ChildWriter:
         self.proc.stdout.close()
 
 
+def fleet_segments(cluster):
+    """Every node's STATUS segment entries, as (node id, entry)."""
+    out = []
+    for node in cluster.nodes:
+        for segment in node.status(timeout=30.0)["segments"]:
+            out.append((node.node_id, segment))
+    return out
+
+
+def background_slices(cluster):
+    """The nodes' background slice statistics (how long materialization, scrub and GC held
+    each node's loop at a time), summed over the fleet, with the longest single slice."""
+    stats = [node.status(timeout=30.0)["background"] for node in cluster.nodes]
+    return {"background_slices": sum(s["slices"] for s in stats),
+            "background_slice_seconds_max": max(s["seconds_max"] for s in stats),
+            "background_slices_over_50ms": sum(s["slices_over_50ms"] for s in stats)}
+
+
+def disk_bytes(path):
+    """(bytes allocated on disk, apparent bytes) under ``path``: page stores are sparse, so
+    the apparent size overstates what they take."""
+    allocated = apparent = 0
+    for directory, _, names in os.walk(path):
+        for name in names:
+            try:
+                st = os.lstat(os.path.join(directory, name))
+            except OSError:
+                continue
+            allocated += st.st_blocks * 512
+            apparent += st.st_size
+    return allocated, apparent
+
+
+def settle(cluster):
+    """Wait until every segment's GC has caught up (at most SETTLED_LOG_FILES log files);
+    returns what it took and what the nodes hold before and after."""
+    started = time.monotonic()
+    before = fleet_segments(cluster)
+    status = before
+    while time.monotonic() - started < SETTLE_TIMEOUT_S:
+        status = fleet_segments(cluster)
+        if all(s["log_files"] <= SETTLED_LOG_FILES for _, s in status):
+            break
+        time.sleep(SETTLE_POLL_S)
+    return {
+        "settle_seconds": time.monotonic() - started,
+        "settled": all(s["log_files"] <= SETTLED_LOG_FILES for _, s in status),
+        "log_bytes_after_build": sum(s["log_bytes"] for _, s in before),
+        "log_bytes_settled": sum(s["log_bytes"] for _, s in status),
+        "log_files_settled_max": max(s["log_files"] for _, s in status),
+        "log_files_deleted": sum(s["gc"]["log_files_deleted"] for _, s in status),
+        "page_versions_settled": sum(s["page_versions"] for _, s in status),
+        "materialized_behind_scl_max": max(s["scl"] - s["materialized_lsn"] for _, s in status),
+    }
+
+
 RESULTS = {}
 
 
@@ -191,6 +237,8 @@ def test_recovery_time(benchmark, gib):
                               if f[0] == "progress" else None, disk_path=root)
         build_seconds = float(built[2])
         builder.stream_then_kill(STREAM_SECONDS)
+        settled = settle(cluster)
+        disk_settled = disk_bytes(data_dir)
         rounds = []
         state = {"child": builder}
 
@@ -218,16 +266,24 @@ def test_recovery_time(benchmark, gib):
         times = sorted(r["seconds"] for r in rounds)
         median = times[len(times) // 2]
         RESULTS[gib] = median
-        du = subprocess.run(["du", "-sb", data_dir], capture_output=True, text=True).stdout.split()
+        phases = {}
+        for r in rounds:
+            for name, value in (r["phases"] or {}).items():
+                phases.setdefault(name, []).append(value)
+        disk_end = disk_bytes(data_dir)
         benchmark.extra_info.update(
             volume_gib=gib, pages=pages, pgs=(pages + cluster.pages_per_pg - 1) // cluster.pages_per_pg,
             build_seconds=build_seconds, build_mib_per_s=gib * 1024 / build_seconds,
             build_progress=progress[-1:] if progress else [],
-            data_bytes_on_disk=int(du[0]) if du else None,
+            data_bytes_on_disk=disk_end[0], data_bytes_apparent=disk_end[1],
+            data_bytes_on_disk_settled=disk_settled[0],
             recovery_seconds_median=median, recovery_seconds_max=times[-1],
+            phase_seconds_median={name: sorted(v)[len(v) // 2] for name, v in phases.items()},
+            phase_seconds_max={name: max(v) for name, v in phases.items()},
+            load_average=list(os.getloadavg()),
             records_listed_max=max(r["records_listed"] for r in rounds),
             child_open_seconds=[r["child_open_seconds"] for r in rounds if r["child_open_seconds"] is not None],
-            rounds_detail=json.loads(json.dumps(rounds)))
+            rounds_detail=json.loads(json.dumps(rounds)), **settled, **background_slices(cluster))
         if 1 in RESULTS and gib != 1:
             benchmark.extra_info["median_ratio_to_1gib"] = median / RESULTS[1]
     finally:

@@ -14,6 +14,7 @@ from aurora.client import NodeClient
 from aurora.node.core import NodeCore
 from aurora.node.gossip import accept_gossip_records, scan_fetched_records
 from aurora.node.process import NodeProcess
+from aurora import testing
 from aurora.testing import RedoWorkload
 
 PAGE_SIZE = 1024
@@ -76,14 +77,7 @@ def append_to(fleet, indexes, batches):
 
 
 def wait_for(predicate, what, deadline_s=CATCH_UP_DEADLINE_S):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for %s" % what)
-        time.sleep(0.02)
+    return testing.wait_for(predicate, what, deadline_s, poll_s=0.02)
 
 
 def segment_status(fleet, i):
@@ -250,7 +244,10 @@ def test_bit_rot_under_a_running_node_is_found_by_the_scrub_and_replaced_from_a_
     assert not segment_status(fleet, 2)["needs_repair"]
 
 
-def test_damaged_page_version_without_its_log_is_fetched_from_a_peer(fleet):
+def collect_then_damage_a_version(fleet, damage_offset):
+    """Three members collect all but their last log file, then n2, stopped, gets one byte of a
+    page version below its GC point flipped at ``damage_offset`` into the slot, and restarts:
+    the log no longer holds that version's chain.  Returns the workload model."""
     for i in range(3):
         fleet.create(i)
     model = workload(5)
@@ -265,6 +262,9 @@ def test_damaged_page_version_without_its_log_is_fetched_from_a_peer(fleet):
     for i in range(3):
         with fleet.client(i) as c:
             wait_for(lambda: c.status_segment(0)["materialized_lsn"] == model.lsn, "materialization")
+            # Log files go only below the VDL hint a node has made durable (recovery lists
+            # records above the hints): a writer sends both.
+            c.volume_hint(model.lsn)
             c.set_lwm(0, model.lsn)
     with fleet.client(2) as c:
         wait_for(lambda: c.status_segment(0)["gc_lsn"] > 0, "GC of old log files")
@@ -283,15 +283,43 @@ def test_damaged_page_version_without_its_log_is_fetched_from_a_peer(fleet):
                 victim = (offset, page_no, lsn)
                 break
         assert victim is not None
-        f.seek(victim[0] + 32 + 100)
-        f.write(bytes([data[victim[0] + 32 + 100] ^ 0xFF]))
+        f.seek(victim[0] + damage_offset)
+        f.write(bytes([data[victim[0] + damage_offset] ^ 0xFF]))
     fleet.nodes[2].start()
+    return model
+
+
+def test_damaged_page_version_without_its_log_is_fetched_from_a_peer(fleet):
+    model = collect_then_damage_a_version(fleet, 32 + 100)     # a byte of the page image
     status = wait_for(lambda: (lambda s: s if s["repair_history"] and not s["needs_repair"] else None)(
         segment_status(fleet, 2)), "n2 to repair its page store")
     assert status["repair"]["pages_fetched"] == 1    # the log no longer had its chain
     assert status["corrupt_page_slots"] == 0
     model.page_numbers = list(range(12))
     assert_pages(fleet, 2, model, [model.lsn])
+
+
+def test_a_page_left_without_any_version_is_fetched_from_a_peer(fleet):
+    """The damaged byte is in the slot header's page number: nothing tells which page the
+    version was, so the slot is freed; the page then has no version and no log to build from.
+    A read gets a clean CORRUPT error (never a wrong page), and gossip fetches the page's
+    image at the LWM from a peer."""
+    model = collect_then_damage_a_version(fleet, 11)           # high byte of page_no
+    wait_for(lambda: segment_status(fleet, 2)["repair"]["slots_freed"] == 1, "n2 to free the slot")
+    model.page_numbers = list(range(12))
+
+    def every_page_reads_back():
+        try:
+            assert_pages(fleet, 2, model, [model.lsn])
+            return True
+        except errors.CorruptionError as exc:
+            assert "is being fetched from a peer" in str(exc)
+            return False
+
+    wait_for(every_page_reads_back, "n2 to fetch the page left without a version")
+    status = wait_for(lambda: (lambda s: s if not s["needs_repair"] else None)(segment_status(fleet, 2)),
+                      "n2 to finish its repair")
+    assert status["repair"]["pages_fetched"] >= 1
 
 
 def segment_status_offline(directory):

@@ -4,7 +4,7 @@ import pytest
 
 from aurora import _native, errors
 from aurora.node.segment import LOG_HEADER_SIZE, ReadPointRefused, Segment
-from aurora.testing import RedoWorkload
+from aurora.testing import RedoWorkload, feed_segment as feed
 
 PAGE_SIZE = 1024
 PAGES_PER_PG = 32
@@ -13,15 +13,6 @@ LOG_FILE_BYTES = 64 * 1024
 
 def open_segment(path):
     return Segment(str(path), 1, 0, PAGE_SIZE, PAGES_PER_PG, LOG_FILE_BYTES)
-
-
-def feed(segment, workload, rows):
-    batch = workload.batch(rows)
-    header, recs = _native.decode_batch(batch)
-    segment.check_batch(recs)
-    added = segment.append(batch, recs)
-    segment.sync()
-    return added
 
 
 def assert_reads_match(segment, workload, read_points):

@@ -98,6 +98,12 @@ class NodeCore:
         self.meta = MetaStore(os.path.join(data_dir, "meta"), disk)
         self.gossip_stats = {"records_accepted": 0, "records_rejected_epoch": 0,
                              "records_rejected_bad": 0}
+        self.gc_pending = False       # the last background_step left GC work (see there)
+        self.background_pending = False   # ... or a materialization pass under way
+        # Filled in by the driver, which owns the clock (server.py): how long the background
+        # slices held the node, so STATUS shows whether they stay bounded.
+        self.background_stats = {"slices": 0, "seconds_total": 0.0, "seconds_max": 0.0,
+                                 "slices_over_50ms": 0}
         disk.makedirs(os.path.join(data_dir, "volumes"), mode=0o700, exist_ok=True)
         identity_path = os.path.join(data_dir, "node.json")
         identity = read_json(identity_path, disk=disk)
@@ -193,7 +199,7 @@ class NodeCore:
             return [self._error(frame, p.ERROR_CODES[type(exc)], str(exc))]
         except ReadPointRefused as exc:
             return [self._error(frame, p.ERROR_READ_POINT, str(exc))]
-        except errors.CorruptionError as exc:
+        except (errors.CorruptionError, errors.ChainGapError) as exc:
             return [self._error(frame, p.ERROR_CORRUPT, str(exc))]
         except (ValueError, struct.error) as exc:
             return [self._error(frame, p.ERROR_BAD_REQUEST, str(exc))]
@@ -272,6 +278,7 @@ class NodeCore:
                         for v in self.volumes.values()},
             "segments": [s.status() for s in self.segments()],
             "gossip": dict(self.gossip_stats),
+            "background": dict(self.background_stats),
         }
         return self._reply(frame, p.FRAME_STATUS_REPLY, p.status_body(status),
                            self.volumes.get(frame.volume_id))
@@ -472,16 +479,43 @@ class NodeCore:
     # ---- background work ---------------------------------------------------------------
 
     def background_step(self, materialize_pages=64, scrub_bytes=256 * 1024, gc=False):
-        """One bounded slice of background work over every segment."""
+        """One bounded slice of background work over every segment: materialization, scrub
+        and, with ``gc``, garbage collection.  Returns the work done (records folded, versions
+        dropped, log files deleted); ``gc_pending`` tells whether GC left work for the next
+        slice (a log file half taken out of the index)."""
         work = 0
-        for segment in list(self.segments()):
-            work += segment.materialize_step(materialize_pages)
-            if scrub_bytes:
-                segment.scrub_step(scrub_bytes)
-            if gc:
-                dropped, deleted = segment.gc_step()
-                work += dropped + deleted
+        pending = False
+        busy = False
+        failure = None
+        for volume in list(self.volumes.values()):
+            for segment in list(volume.segments.values()):
+                # One segment's failure must not stop the others' background work: it is
+                # raised after every segment had its slice.
+                try:
+                    work += segment.materialize_step(materialize_pages)
+                    if scrub_bytes:
+                        segment.scrub_step(scrub_bytes)
+                    if gc:
+                        # Log files go only up to the VDL hint this node has made durable: a
+                        # recovery lists records above the hints it is told.
+                        dropped, deleted = segment.gc_step(volume.vdl_hint_saved)
+                        work += dropped + deleted
+                except Exception as exc:
+                    failure = failure or exc
+                pending = pending or segment.gc_pending()
+                busy = busy or segment.background_pending()
+        self.gc_pending = pending
+        self.background_pending = busy
+        if failure is not None:
+            raise failure
         return work
+
+    def note_peer_scls(self, volume_id, pg, answers):
+        """Record the SCLs a gossip round heard from peers (``answers``: (scl, address))."""
+        _, segment = self._gossip_segment(volume_id, pg)
+        if segment is not None:
+            for scl, address in answers:
+                segment.note_peer_scl(address, scl)
 
     # ---- gossip and repair (driven by aurora/node/gossip.py, under the node's lock) --------
 
@@ -502,6 +536,7 @@ class NodeCore:
                     "needs_repair": segment.state["needs_repair"],
                     "damaged_lsns": sorted(segment.damaged_lsns)[:GOSSIP_HOLES_PER_ROUND],
                     "corrupt_versions": segment.corrupt_versions(),
+                    "missing_bases": sorted(segment.missing_bases)[:GOSSIP_HOLES_PER_ROUND],
                 })
         return targets
 
@@ -541,6 +576,14 @@ class NodeCore:
                                                         reply_volume_epoch, reply_membership_epoch):
             return False
         return segment.install_version(slot, page_no, lsn, page)
+
+    def install_base(self, volume_id, pg, reply_volume_epoch, reply_membership_epoch, page_no, lsn, page):
+        """Install a peer's image of a page left without a base (PAGE reply at the LWM)."""
+        volume, segment = self._gossip_segment(volume_id, pg)
+        if segment is None or not accept_gossip_records(volume.epoch, segment.membership_epoch,
+                                                        reply_volume_epoch, reply_membership_epoch):
+            return False
+        return segment.install_base(page_no, lsn, page)
 
     def complete_repair(self, volume_id, pg, peer_scl_max):
         _, segment = self._gossip_segment(volume_id, pg)

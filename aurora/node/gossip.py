@@ -156,6 +156,8 @@ class Gossiper(threading.Thread):
             answers.append((p.SCL_BODY.unpack_from(frame.body)[2], address))
         if not answers:
             return bool(t["holes"] or t["needs_repair"])
+        with self.lock:
+            self.core.note_peer_scls(t["volume_id"], t["pg"], answers)
         answers.sort(reverse=True)
         peer_scl_max = answers[0][0]
         ranges = list(t["holes"])
@@ -176,12 +178,14 @@ class Gossiper(threading.Thread):
                 after = last
         for slot, page_no, lsn in t["corrupt_versions"][:GOSSIP_PAGES_PER_ROUND]:
             self._repair_version(t, answers, slot, page_no, lsn)
+        for page_no in t["missing_bases"][:GOSSIP_PAGES_PER_ROUND]:
+            self._repair_base(t, answers, page_no)
         if t["needs_repair"]:
             with self.lock:
                 if self.core.complete_repair(t["volume_id"], t["pg"], peer_scl_max):
                     log.info("volume %d PG %d repaired from peers; SCL reached %d",
                              t["volume_id"], t["pg"], peer_scl_max)
-        return bool(ranges or t["corrupt_versions"] or t["needs_repair"])
+        return bool(ranges or t["corrupt_versions"] or t["missing_bases"] or t["needs_repair"])
 
     def _fetch_range(self, t, answers, after, through, budget):
         """Fetch (after, through] from the first peer that has some of it; append what is
@@ -227,7 +231,21 @@ class Gossiper(threading.Thread):
         # Peers serve read points at or above their low-water mark only.  Below ours no read
         # can need this version, so asking at max(lsn, our LWM) gets either this version or
         # the page's newer state at the LWM, which is what reads will need instead.
-        read_lsn = max(lsn, t["lwm"])
+        self._page_from_peers(t, answers, page_no, max(lsn, t["lwm"]), lsn, lambda frame, page_lsn, page: (
+            self.core.install_version(t["volume_id"], t["pg"], frame.volume_epoch, frame.membership_epoch,
+                                      slot, page_no, page_lsn, page)))
+
+    def _repair_base(self, t, answers, page_no):
+        """A page left without a base (its only version damaged after GC collected the records
+        that could rebuild it): a peer's image at this segment's LWM becomes its new version."""
+        self._page_from_peers(t, answers, page_no, t["lwm"], 0, lambda frame, page_lsn, page: (
+            self.core.install_base(t["volume_id"], t["pg"], frame.volume_epoch, frame.membership_epoch,
+                                   page_no, page_lsn, page)))
+
+    def _page_from_peers(self, t, answers, page_no, read_lsn, lowest_lsn, install):
+        """GET_PAGE ``page_no`` at ``read_lsn`` from the peers that cover it, until one answers
+        with a page LSN in [lowest_lsn, read_lsn] (a state of the page that can stand in) and
+        ``install(frame, page_lsn, page)``, called under the lock, takes it."""
         for peer_scl, address in answers:
             if peer_scl < read_lsn:
                 continue
@@ -237,11 +255,10 @@ class Gossiper(threading.Thread):
                 continue
             back_page_no, page_size, page_lsn, _ = p.PAGE_BODY.unpack_from(frame.body)
             page = bytes(frame.body[p.PAGE_BODY.size:])
-            if back_page_no != page_no or len(page) != page_size or page_lsn < lsn or page_lsn > read_lsn:
-                continue   # not a state of this page this version can stand for
+            if back_page_no != page_no or len(page) != page_size or not lowest_lsn <= page_lsn <= read_lsn:
+                continue
             with self.lock:
-                if self.core.install_version(t["volume_id"], t["pg"], frame.volume_epoch, frame.membership_epoch,
-                                             slot, page_no, page_lsn, page):
+                if install(frame, page_lsn, page):
                     return
 
     # ---- peers ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ the middle leaves a slot that reads as free, never as a torn page.  A slot whose
 in use but whose CRC fails is corruption: it is reported and never served.
 """
 import hashlib
+import heapq
 import os
 import struct
 
@@ -33,6 +34,9 @@ SLOT_HEADER_SIZE = SLOT_HEADER.size
 assert SLOT_HEADER_SIZE == 32
 SLOT_IN_USE = 1
 SLOTS_INITIAL = 64
+# ``recent`` (versions above a floor, for truncation) is pruned only once it has grown this
+# much past what the last prune kept, so pruning costs O(versions written since), not O(pages).
+RECENT_PRUNE_MIN = 4096
 # Test mode (see segment.py SYNC_JOURNAL): a copy of the file as each sync left it.
 SYNC_JOURNAL = os.environ.get("AURORA_NODE_SYNC_JOURNAL") or None
 
@@ -70,6 +74,20 @@ class PageStore:
         self.slot_size = SLOT_HEADER_SIZE + page_size
         self.versions = {}        # page_no -> sorted list of [lsn, slot]
         self.free_slots = []
+        # Slots freed since the last sync: their old version may still be what the disk holds,
+        # so they are reused only after the sync that makes them free on disk (a crash can
+        # then never leave an old version's header over a new version's bytes).
+        self.freed_unsynced = []
+        # GC candidates: (LSN of the page's second-oldest version, page_no), a min-heap.  The
+        # oldest version of a page is garbage once its second-oldest is at or below the GC
+        # horizon, so GC pops only entries at or below the horizon: its cost is the versions
+        # it drops (plus stale entries, each pushed by a version change), never the page count.
+        self.gc_heap = []
+        # (lsn, page_no) of every version with lsn > recent_floor (and maybe some below): a
+        # truncation above the floor looks at these pages only, not at every page.
+        self.recent = []
+        self.recent_floor = 0
+        self._recent_kept = 0
         self.corrupt_slots = []   # (slot, offset) found by open or scrub
         self.dirty = False
         self.scrub_cursor = 0
@@ -173,9 +191,16 @@ class PageStore:
 
     def _insert_version(self, page_no, lsn, slot):
         versions = self.versions.setdefault(page_no, [])
+        second = versions[1][0] if len(versions) >= 2 else None
         versions.append([lsn, slot])
         if len(versions) > 1 and versions[-2][0] > lsn:
             versions.sort()
+        # A new GC candidate entry only when the second-oldest version changed: the common
+        # case, a version above the others, pushes once per page (when it gets its second).
+        if len(versions) >= 2 and versions[1][0] != second:
+            heapq.heappush(self.gc_heap, (versions[1][0], page_no))
+        if lsn > self.recent_floor:
+            self.recent.append((lsn, page_no))
 
     # ---- versions ----------------------------------------------------------------------
 
@@ -209,7 +234,10 @@ class PageStore:
         if len(page) != self.page_size:
             raise ValueError("page of %d bytes, store holds %d" % (len(page), self.page_size))
         if not self.free_slots:
-            self._grow()
+            if self.freed_unsynced:
+                self.sync()     # makes the slots GC and truncation freed reusable
+            else:
+                self._grow()
         slot = self.free_slots.pop()
         off = self._slot_offset(slot)
         self.mm[off + SLOT_HEADER_SIZE:off + self.slot_size] = page
@@ -230,18 +258,83 @@ class PageStore:
         dropped = 0
         for lsn, slot in versions:
             if predicate(lsn):
-                struct.pack_into("<II", self.mm, self._slot_offset(slot), 0, 0)
-                self.free_slots.append(slot)
+                self._free(slot)
                 dropped += 1
             else:
                 keep.append([lsn, slot])
         if keep:
             self.versions[page_no] = keep
+            if len(keep) >= 2 and dropped:
+                heapq.heappush(self.gc_heap, (keep[1][0], page_no))
         else:
             del self.versions[page_no]
-        if dropped:
-            self.dirty = True
         return dropped
+
+    def _free(self, slot):
+        struct.pack_into("<II", self.mm, self._slot_offset(slot), 0, 0)
+        self.freed_unsynced.append(slot)
+        self.dirty = True
+
+    def drop_below_newest(self, page_no, horizon):
+        """Free every version of ``page_no`` older than its newest version at or below
+        ``horizon``: no read at or above the horizon can use them.  Returns how many."""
+        versions = self.versions.get(page_no)
+        if not versions or len(versions) < 2 or versions[1][0] > horizon:
+            return 0
+        keep_from = 1
+        while keep_from + 1 < len(versions) and versions[keep_from + 1][0] <= horizon:
+            keep_from += 1
+        for _, slot in versions[:keep_from]:
+            self._free(slot)
+        del versions[:keep_from]
+        if len(versions) >= 2:
+            heapq.heappush(self.gc_heap, (versions[1][0], page_no))
+        return keep_from
+
+    def gc_candidates(self, horizon, max_pages):
+        """Pages (at most ``max_pages``) whose oldest version is garbage at ``horizon``, taken
+        off the GC heap.  Entries made stale by later changes are skipped (each was pushed by
+        a version change, so skipping them is paid for by that change)."""
+        heap = self.gc_heap
+        out = []
+        while heap and heap[0][0] <= horizon and len(out) < max_pages:
+            key, page_no = heapq.heappop(heap)
+            versions = self.versions.get(page_no)
+            if versions is None or len(versions) < 2:
+                continue
+            if versions[1][0] != key and versions[1][0] > horizon:
+                # A later change moved the second-oldest version above the horizon; make sure
+                # an entry for its current key exists (a duplicate is skipped later).
+                heapq.heappush(heap, (versions[1][0], page_no))
+                continue
+            out.append(page_no)
+        return out
+
+    def drop_range(self, after, through):
+        """Free every version with after < lsn <= through (a truncation); returns the pages
+        that lost one.  Above the floor of ``recent`` only the pages it lists are looked at,
+        so the cost is the versions written since the low-water mark, not the page count."""
+        if after < self.recent_floor:
+            pages = list(self.versions)
+        else:
+            pages = {page_no for lsn, page_no in self.recent if lsn > after}
+            self.recent = [entry for entry in self.recent if not after < entry[0] <= through]
+        changed = set()
+        for page_no in pages:
+            if self.drop_versions(page_no, lambda lsn: after < lsn <= through):
+                changed.add(page_no)
+        return changed
+
+    def raise_recent_floor(self, floor):
+        """Stop tracking versions at or below ``floor`` in ``recent`` (no truncation reaches
+        below it: truncations start at a recovered VDL, never below a low-water mark).
+        Amortized: the list is filtered only once it has doubled since the last filter."""
+        if floor > self.recent_floor:
+            self.recent_floor = floor
+        if len(self.recent) >= max(RECENT_PRUNE_MIN, 2 * self._recent_kept):
+            floor = self.recent_floor
+            self.recent = [entry for entry in self.recent if entry[0] > floor]
+            self._recent_kept = len(self.recent)
 
     def version_count(self):
         return sum(len(v) for v in self.versions.values())
@@ -252,6 +345,10 @@ class PageStore:
             self.disk.fdatasync(self.fd)
             if SYNC_JOURNAL:
                 _journal_snapshot(self)
+        if self.freed_unsynced:
+            # Free on disk now: reusable.
+            self.free_slots.extend(self.freed_unsynced)
+            self.freed_unsynced = []
 
     def scrub_step(self, max_slots):
         """Check up to ``max_slots`` slots; return the damaged ones found."""

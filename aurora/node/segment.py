@@ -31,7 +31,7 @@ LOG_HEADER_SIZE = 64
 LOG_MAGIC = 0x4C525541  # "AURL"
 LOG_VERSION = 1
 LOG_FILE_BYTES_DEFAULT = 64 * 1024 * 1024
-LOG_FILE_BYTES_MIN = 64 * 1024
+LOG_FILE_BYTES_MIN = 1024       # small files let the simulator roll logs and collect them
 RECORD_HEADER_SIZE = _native.RECORD_HEADER_SIZE
 SCAN_RECORDS_PER_CALL = 65536
 # How far past a torn tail the restart clears old bytes, so that a later append followed by a
@@ -40,6 +40,10 @@ TORN_TAIL_CLEAR_CHUNK = 64 * 1024
 CORRUPTION_REPORTS_MAX = 256   # the newest damage reports kept for status
 # Batches up to this many records are indexed record by record (see _index_small).
 SMALL_INDEX_RECORDS = 64
+# Background work is done in bounded slices so the node's loop answers requests promptly:
+MATERIALIZE_RECORDS_PER_STEP = 16384   # records one materialize_step folds, at most
+GC_PAGES_PER_STEP = 4096               # page version lists one gc_step cleans, at most
+GC_RECORDS_PER_STEP = 32768            # log records one gc_step takes out of the index, at most
 LSN_TOP = 1 << 64
 PAGE_TYPES = frozenset((_native.REC_DELTA, _native.REC_IMAGE, _native.REC_ZERO))
 # Test mode (tests/test_crash_consistency.py): with AURORA_NODE_SYNC_JOURNAL set, the server
@@ -52,6 +56,8 @@ SYNC_FACTS = collections.deque()   # (log path, synced length), taken by the ser
 I_FILE, I_OFFSET, I_LENGTH, I_PAGE, I_TYPE, I_FLAGS, I_PREV_PG, I_PREV_PAGE = range(8)
 RECORD_HEADER = struct.Struct("<IBBHIIQQQ")  # crc, type, flags, reserved, payload_length, page_no, lsn, prev_pg, prev_page
 assert RECORD_HEADER.size == RECORD_HEADER_SIZE
+RECORD_TYPE_AND_PAGE = struct.Struct("<4xB7xI")  # the type and page_no fields of RECORD_HEADER
+assert RECORD_TYPE_AND_PAGE.size == 16
 LOCATION_SEQ_SHIFT = 40                      # index value: log sequence << 40 | offset
 LOCATION_OFFSET_MASK = (1 << LOCATION_SEQ_SHIFT) - 1
 # Fields of a ``recs.tolist()`` row, in RECORD_DTYPE order (the small-batch paths use rows).
@@ -81,6 +87,18 @@ def add_range(ranges, after, through):
     keep.append(merged)
     keep.sort()
     ranges[:] = keep
+
+
+def _remove_sorted(ordered, values):
+    """Remove ``values`` (all present) from the sorted list ``ordered``.  When they are its
+    smallest elements, as collected records are, one slice deletion does it."""
+    values.sort()
+    count = len(values)
+    if count <= len(ordered) and ordered[count - 1] == values[-1]:
+        del ordered[:count]      # the count smallest include the largest removed: a prefix
+    else:
+        remove = set(values)
+        ordered[:] = [v for v in ordered if v not in remove]
 
 
 def _first_nonzero(view, start, chunk=1 << 20):
@@ -118,6 +136,7 @@ class LogFile:
         self.size = size
         self.tail = LOG_HEADER_SIZE
         self.lsns = []           # LSNs of the records indexed in this file
+        self.max_lsn = 0         # at least the highest of them (GC: O(1) "all below the horizon?")
         self.synced_tail = LOG_HEADER_SIZE
 
     @classmethod
@@ -198,11 +217,21 @@ class Segment:
         self._dirty_files = set()
         self._dirty_pages = set()
         self._truncation_unsynced = False   # truncate(durable=False) ran since the last save
-        self._pass = None         # materialization pass: (target LSN, pages left)
+        self._pass = None         # materialization pass: [target LSN, pages left, a page failed]
+        self._reclaim = None      # log file being taken out of the index: [log, its LSNs, position]
+        self._gc_more = False     # the last gc_step may have left collectable work
+        # Targets of complete materialization passes, ascending (see _reclaim_step).
+        self._pass_targets = []
+        # The last SCL each peer reported to gossip (address -> SCL, in memory): no log record
+        # a peer still lacks is collected, so a member that fell behind can always catch up.
+        self.peer_scls = {}
+        self.gc_stats = {"pages_visited": 0, "versions_dropped": 0, "log_files_deleted": 0,
+                         "log_records_reclaimed": 0}
         self._restoring = []      # (lsn, prev_lsn_pg) columns gathered by a restart scan
         self.sorted_lsns = []     # every held LSN, ascending: LIST_RECORDS, FETCH and holes bisect it
         self.damage = []          # [file name, offset] of log damage found by the restart scan
         self.damaged_lsns = set() # indexed records whose bytes failed a CRC since (scrub or read)
+        self.missing_bases = set()  # pages whose chain reaches no version here (see _base_lost)
         self.repair = {"records_fetched": 0, "records_replaced": 0, "pages_rebuilt": 0,
                        "pages_fetched": 0, "slots_freed": 0, "repairs_completed": 0}
         state = read_json(self._state_path(), disk=disk)
@@ -221,9 +250,19 @@ class Segment:
         state.setdefault("peers", [])
         state.setdefault("repaired_damage", [])
         state.setdefault("repair_history", [])
+        state.setdefault("bases_unknown", False)
         self.state = state
+        # SET_LWM raises the low-water mark in memory (a reply that waited for an fsync per
+        # SET_LWM would slow the loop for nothing); GC acts only on the LWM made durable, so a
+        # crash that loses a raise never lets a read at the older LWM meet collected data.
+        self._lwm_durable = state["lwm"]
         self.pages = PageStore(os.path.join(directory, "pages.aur"), volume_id, pg, page_size, disk,
                                repair_header=True)
+        # No truncation reaches below the low-water mark (it starts at a recovered VDL, and
+        # every LWM was at most some writer's VDL): versions below it need no tracking for one.
+        self.pages.raise_recent_floor(min(state["lwm"], state["materialized_lsn"]))
+        if state["materialized_lsn"]:
+            self._pass_targets.append(state["materialized_lsn"])
         if self.pages.header_repaired:
             # Bit rot in the file header took the node down at every restart (simulator,
             # swarm seed 10187).  The slots are checked one by one; damaged ones get repaired.
@@ -245,6 +284,7 @@ class Segment:
             self.pages.sync()
             self._truncation_unsynced = False
         write_json_durably(self._state_path(), self.state, self.disk)
+        self._lwm_durable = self.state["lwm"]
 
     @property
     def lwm(self):
@@ -442,6 +482,8 @@ class Segment:
         top = lsns[-1] if len(lsns) == 1 else int(lsn.max())
         if top > self.max_lsn:
             self.max_lsn = top
+        if top > log.max_lsn:
+            log.max_lsn = top
         if self._restoring is not None:
             self._restoring.append((lsn, recs["prev_lsn_pg"]))
         else:
@@ -481,6 +523,9 @@ class Segment:
                 self.successor[prev_pg] = lsn
         if added:
             log.lsns.extend(added)
+            top = max(added)
+            if top > log.max_lsn:
+                log.max_lsn = top
             self._insert_sorted(added)
         return len(added)
 
@@ -731,7 +776,31 @@ class Segment:
         if read_lsn < self.lwm:
             raise ReadPointRefused("read point %d is below the low-water mark %d (volume %d PG %d)"
                                    % (read_lsn, self.lwm, self.volume_id, self.pg))
-        return self._build(page_no, read_lsn)
+        if self.state["bases_unknown"] and self.pages.newest(page_no, read_lsn) is None:
+            chain = self.page_chains.get(page_no, ())
+            if not chain or chain[0] > read_lsn:
+                # A version of some page was lost after GC and nothing tells which page: with
+                # no version and no record this page would read as zeros, maybe wrongly.
+                self._base_lost(page_no)
+                raise errors.CorruptionError(
+                    "page %d of volume %d PG %d has no version here and a version of an unknown page "
+                    "was lost; its copy is being fetched from a peer" % (page_no, self.volume_id, self.pg))
+        try:
+            return self._build(page_no, read_lsn)
+        except errors.ChainGapError as exc:
+            self._base_lost(page_no)
+            raise errors.CorruptionError("page %d of volume %d PG %d cannot be built at %d here (%s); "
+                                         "its copy is being fetched from a peer"
+                                         % (page_no, self.volume_id, self.pg, read_lsn, exc)) from None
+
+    def _base_lost(self, page_no):
+        """A page's chain does not reach back to any version it has: a damaged version was
+        freed after GC had collected the records that could rebuild it.  Only a peer's copy
+        of the page (at the LWM) can stand in; gossip fetches it (install_base)."""
+        if page_no not in self.missing_bases:
+            self.missing_bases.add(page_no)
+            self._report("page %d: no version to build it from and its older records are collected; "
+                         "a peer's copy is needed" % page_no)
 
     def _build(self, page_no, read_lsn):
         """The page after every record <= read_lsn, from its newest version at or below
@@ -796,6 +865,12 @@ class Segment:
         ordered = self.sorted_lsns
         start = bisect.bisect_right(ordered, after_lsn)
         last_at_or_below = ordered[start - 1] if start else 0
+        # Collected records were held too: the highest of them (gc_lsn, a record of this PG)
+        # may be the PG's last LSN at or below the base, which recovery needs as the new
+        # writer's PG backlink.
+        gc_lsn = self.state["gc_lsn"]
+        if last_at_or_below < gc_lsn <= after_lsn:
+            last_at_or_below = gc_lsn
         entries = []
         for lsn in ordered[start:start + max_count]:
             entry = self._entry(lsn)
@@ -830,6 +905,7 @@ class Segment:
             log, at = self._write(view, offset, offset + length)
             old_log.lsns.remove(lsn)
             log.lsns.append(lsn)
+            log.max_lsn = max(log.max_lsn, lsn)
             self.records[lsn] = at + (log.seq << LOCATION_SEQ_SHIFT)
             self.damaged_lsns.discard(lsn)
             replaced += 1
@@ -879,8 +955,16 @@ class Segment:
         self._unlist_slot(slot)
         if page_no is None:
             # Nothing tells which version this was.  Free it: a read that needed it as a base
-            # now fails the chain check (never a wrong page).
+            # now fails the chain check (never a wrong page) and asks a peer (_base_lost).
+            # No complete pass vouches for every page any more, so no log file goes until the
+            # next pass completes (which meets that page and reports it).
             self._free_corrupt_slot(slot)
+            self._pass_targets.clear()
+            if self.state["gc_lsn"] and not self.state["bases_unknown"]:
+                # The lost version's page may have no record left either: it would read as
+                # zeros.  From now on a page with neither is fetched from a peer (get_page).
+                self.state["bases_unknown"] = True
+                self._save_state()
             return True
         try:
             page, page_lsn = self._build(page_no, lsn)
@@ -909,9 +993,25 @@ class Segment:
         return True
 
     def repair_outstanding(self):
-        """What still stands between this segment and a clean bill: damaged indexed records
-        and damaged page versions (holes are filled by ordinary gossip)."""
-        return len(self.damaged_lsns) + len(self.pages.corrupt_slots)
+        """What still stands between this segment and a clean bill: damaged indexed records,
+        damaged page versions and pages left without a base (holes are filled by ordinary
+        gossip)."""
+        return len(self.damaged_lsns) + len(self.pages.corrupt_slots) + len(self.missing_bases)
+
+    def install_base(self, page_no, lsn, page):
+        """Install a peer's image of a page in ``missing_bases`` (GET_PAGE at this segment's
+        LWM; ``lsn`` its page LSN, at or below the LWM) as a new version: every read at or
+        above the LWM starts from it, and the records above it are in the log."""
+        if page_no // self.pages_per_pg != self.pg or len(page) != self.page_size:
+            raise ValueError("page %d of %d bytes does not fit PG %d" % (page_no, len(page), self.pg))
+        if page_no not in self.missing_bases or lsn > self.lwm:
+            return False
+        self.pages.write(page_no, lsn, page)
+        self.pages.sync()
+        self.missing_bases.discard(page_no)
+        self._dirty_pages.add(page_no)
+        self.repair["pages_fetched"] += 1
+        return True
 
     def complete_repair(self, peer_scl_max, now):
         """Clear ``needs_repair`` durably once SCL has caught up with the highest SCL a peer
@@ -955,18 +1055,19 @@ class Segment:
             return
         # Page versions inside the range go first, and durably, before the range is recorded:
         # a crash in between leaves the range unrecorded (and the volume epoch unchanged), so
-        # the writer's SET_EPOCH comes again.  Every version is looked at: materialized_lsn is
-        # no bound on them (a pass in progress, or an earlier range of a multi-range
-        # SET_EPOCH, leaves versions above it) -- found by the simulator, seed 2441: a version
-        # at LSN 104 survived the truncation (103, 169] and GET_PAGE raised ChainGapError.
-        dropped_versions = False
-        for page_no in list(self.pages.versions):
-            if self.pages.drop_versions(page_no, lambda lsn: after < lsn <= through):
-                self._dirty_pages.add(page_no)
-                dropped_versions = True
+        # the writer's SET_EPOCH comes again.  Every version above `after` is looked at:
+        # materialized_lsn is no bound on them (a pass in progress, or an earlier range of a
+        # multi-range SET_EPOCH, leaves versions above it) -- found by the simulator, seed
+        # 2441: a version at LSN 104 survived the truncation (103, 169] and GET_PAGE raised
+        # ChainGapError.  The page store tracks the pages with versions above its floor, so
+        # this costs the versions written since the low-water mark, not one look per page.
+        changed = self.pages.drop_range(after, through)
+        self._dirty_pages.update(changed)
+        dropped_versions = bool(changed)
         add_range(self.state["truncations"], after, through)
         if self.state["materialized_lsn"] > after:
             self.state["materialized_lsn"] = after
+        del self._pass_targets[bisect.bisect_right(self._pass_targets, after):]
         if durable:
             if dropped_versions:
                 self.pages.sync()
@@ -987,6 +1088,7 @@ class Segment:
                 self._unchain(entry[I_PAGE], lsn)
             for log in touched:
                 log.lsns = [l for l in log.lsns if l not in gone]
+                log.max_lsn = max(log.lsns) if log.lsns else 0
             del ordered[lo:hi]
             self.damaged_lsns = {lsn for lsn in self.damaged_lsns if lsn not in gone}
         self.max_lsn = ordered[-1] if ordered else self.state["gc_lsn"]
@@ -1002,93 +1104,228 @@ class Segment:
             self._advance_scl()
 
     def set_lwm(self, lwm):
-        """Raise the low-water mark (PGMRPL); it never moves back and never passes SCL."""
+        """Raise the low-water mark (PGMRPL); it never moves back and never passes SCL.
+
+        Reads below it are refused from now on.  It is saved with the next state write (gc_step
+        makes it durable before collecting anything below it), not here: a crash may bring an
+        older LWM back, and reads between the two then still find everything they need."""
         lwm = min(lwm, self.scl)
         if lwm > self.state["lwm"]:
             self.state["lwm"] = lwm
-            self._save_state()
         return self.state["lwm"]
+
+    def note_peer_scl(self, address, scl):
+        """Remember the SCL a peer reported to gossip (it bounds which log files GC may delete)."""
+        self.peer_scls[address] = scl
 
     # ---- background work (bounded steps, never on the ack path) ---------------------------
 
-    def materialize_step(self, max_pages):
-        """Materialize up to ``max_pages`` pages at the current pass's target LSN.  Returns
-        the number of records folded into new page versions."""
+    def materialize_step(self, max_pages, max_records=MATERIALIZE_RECORDS_PER_STEP):
+        """Materialize up to ``max_pages`` pages (folding about ``max_records`` records at
+        most) at the current pass's target LSN.  Returns the number of records folded into
+        new page versions.
+
+        A pass covers the pages dirty when it starts, at the SCL then; once every one has a
+        version that includes its records up to the target, the versions are synced and
+        ``materialized_lsn`` moves to the target.  A page whose records or base version fail
+        their checks (reported by _build) stays dirty and keeps the pass from counting as
+        complete: GC deletes log files on the strength of ``materialized_lsn`` alone."""
         if self._pass is None:
             if not self._dirty_pages:
                 return 0
-            self._pass = (self.scl, sorted(self._dirty_pages))
+            # Any order will do, so no sort: a pass after a restart covers every page with
+            # records in the log.
+            self._pass = [self.scl, list(self._dirty_pages), False]
             self._dirty_pages = set()
-        target, pages = self._pass
+        target, pages, _ = self._pass
         folded = 0
-        while pages and max_pages > 0:
+        while pages and max_pages > 0 and folded < max_records:
             page_no = pages.pop()
             max_pages -= 1
             chain = self.page_chains.get(page_no, ())
-            newest = self.pages.newest_lsn(page_no)
-            lo = bisect.bisect_right(chain, newest)
+            # The newest version at or below the target, not the newest of all: after the
+            # pass every page has a version between its last record <= target and the target
+            # (GC relies on it), even if a version above the target survived a crash.
+            base = self.pages.newest(page_no, target)
+            lo = bisect.bisect_right(chain, base[0] if base is not None else 0)
             hi = bisect.bisect_right(chain, target)
             if hi < len(chain):
                 self._dirty_pages.add(page_no)   # records above the target wait for a later pass
             if hi <= lo:
                 continue
-            page, page_lsn = self._build(page_no, target)
+            try:
+                page, page_lsn = self._build(page_no, target)
+            except errors.AuroraError as exc:
+                # Damage, reported where it was found; repair from peers makes the page
+                # buildable again.  Until then no pass counts as complete.
+                if isinstance(exc, errors.ChainGapError):
+                    self._base_lost(page_no)
+                self._dirty_pages.add(page_no)
+                self._pass[2] = True
+                continue
             self.pages.write(page_no, page_lsn, page)
             folded += hi - lo
         if not pages:
+            failed = self._pass[2]
             self.pages.sync()
-            if target > self.state["materialized_lsn"]:
-                self.state["materialized_lsn"] = target
-                self._save_state()
+            if not failed:
+                if target > self.state["materialized_lsn"]:
+                    self.state["materialized_lsn"] = target
+                    self._save_state()
+                if not self._pass_targets or target > self._pass_targets[-1]:
+                    self._pass_targets.append(target)
             self._pass = None
         return folded
 
-    def gc_step(self):
-        """Drop page versions and whole log files that no read at or above the low-water mark
-        can need.  Returns (versions dropped, log files deleted)."""
-        horizon = min(self.state["lwm"], self.state["materialized_lsn"], self.scl)
+    def gc_horizon(self):
+        """The LSN at or below which page versions are garbage once a newer one at or below it
+        exists: no read at or above the durable low-water mark needs them, and versions up to
+        ``materialized_lsn`` come from complete, synced materialization passes."""
+        return min(self._lwm_durable, self.state["materialized_lsn"], self.scl)
+
+    def log_gc_horizon(self, vdl_hint_durable=None):
+        """The LSN at or below which whole log files may be deleted: the GC horizon, further
+        bounded by every peer's last reported SCL (a member that fell behind fetches what it
+        lacks from its peers; one never heard from holds everything back) and by the volume's
+        durable VDL hint (``vdl_hint_durable``, None for no bound): recovery lists records
+        above the highest hint of a read quorum and needs every one of them, so no member
+        may have collected a record above its own durable hint."""
+        horizon = self.gc_horizon()
+        if vdl_hint_durable is not None:
+            horizon = min(horizon, vdl_hint_durable)
+        for address in self.state["peers"]:
+            horizon = min(horizon, self.peer_scls.get(address, 0))
+        return horizon
+
+    def gc_step(self, vdl_hint_durable=None, max_pages=GC_PAGES_PER_STEP, max_records=GC_RECORDS_PER_STEP):
+        """One bounded slice of garbage collection below the low-water mark: drop the page
+        versions no read at or above it can need, and take at most ``max_records`` records of
+        a fully covered log file out of the index, deleting the file once all are out.
+
+        The cost is the work done (versions dropped, records unindexed) plus O(log files),
+        never O(pages): candidates come off the page store's GC heap.  Returns (versions
+        dropped, log files deleted); ``gc_pending()`` says whether more is waiting."""
+        if self.state["lwm"] > self._lwm_durable:
+            self._save_state()        # GC acts on a durable LWM only (see set_lwm)
+        horizon = self.gc_horizon()
         dropped = 0
-        for page_no, versions in list(self.pages.versions.items()):
-            keep_from = None
-            for lsn, _ in versions:
-                if lsn <= horizon:
-                    keep_from = lsn
-            if keep_from is not None:
-                dropped += self.pages.drop_versions(page_no, lambda lsn, k=keep_from: lsn < k)
-        deleted = 0
-        for log in list(self.files[:-1]):
-            if log in self._dirty_files or not self._log_reclaimable(log, horizon):
-                continue
-            for lsn in log.lsns:
-                entry = self._entry(lsn)
-                del self.records[lsn]
-                self.damaged_lsns.discard(lsn)
-                self._unchain(entry[I_PAGE], lsn)
-            if log.lsns:
-                self.state["gc_lsn"] = max(self.state["gc_lsn"], max(log.lsns))
+        candidates = self.pages.gc_candidates(horizon, max_pages)
+        if candidates:
+            # The versions kept must be on disk before the ones they replace are freed (a
+            # version of a pass still running may be among them).
             self.pages.sync()
-            self._save_state()
-            if log.lsns:
-                gone = set(log.lsns)
-                self.sorted_lsns = [lsn for lsn in self.sorted_lsns if lsn not in gone]
-            self.files.remove(log)
-            del self.files_by_seq[log.seq]
-            log.close()
-            self.disk.unlink(log.path)
-            self.disk.fsync_directory(self.directory)
-            deleted += 1
+            for page_no in candidates:
+                dropped += self.pages.drop_below_newest(page_no, horizon)
+            self.gc_stats["pages_visited"] += len(candidates)
+            self.gc_stats["versions_dropped"] += dropped
+        self.pages.raise_recent_floor(horizon)
+        deleted = self._reclaim_step(self.log_gc_horizon(vdl_hint_durable), max_records)
+        # One file per step; after one went, the next may be collectable too.
+        self._gc_more = bool(deleted) or len(candidates) == max_pages
         return dropped, deleted
 
-    def _log_reclaimable(self, log, horizon):
-        for lsn in log.lsns:
-            if lsn > horizon:
-                return False
-            entry = self._entry(lsn)
-            if entry[I_TYPE] in PAGE_TYPES:
-                base = self.pages.newest(entry[I_PAGE], horizon)
-                if base is None or base[0] < lsn:
-                    return False
-        return True
+    def gc_pending(self):
+        """Whether gc_step stopped with collectable work maybe left: a log file half taken
+        out of the index, a file just deleted (the next may go too), or a full batch of
+        page version lists (more may wait on the heap)."""
+        return self._reclaim is not None or self._gc_more
+
+    def materialize_pending(self):
+        """Whether a materialization pass is under way."""
+        return self._pass is not None
+
+    def background_pending(self):
+        """Whether a materialization pass or a log file's reclaim is under way: the next
+        background slice has work for certain."""
+        return self._pass is not None or self._reclaim is not None
+
+    def _reclaim_step(self, horizon, max_records):
+        """Unindex up to ``max_records`` records of the oldest log file that no read at or
+        above the LWM needs; delete the file when none is left.  Returns files deleted.
+
+        A file qualifies when all its records are at or below the target T of a complete
+        materialization pass with T <= ``horizon``: that pass left every page it changed a
+        durable version between the page's last record <= T and T, so at or below the
+        horizon, where GC keeps the newest version (or a newer one at or below it); a read at
+        R >= LWM >= horizon starts from that version or a later one and needs no record of
+        the file.  (The newest version of all is no proof: it may lie above the LWM, and a
+        read between the two would miss the record -- tests/test_node_gc.py's crash test.)
+        Not while any repair is outstanding: a damaged page version may need the log to be
+        rebuilt."""
+        if self._reclaim is None:
+            if self.pages.corrupt_slots or self.damaged_lsns or self.state["needs_repair"]:
+                return 0
+            targets = self._pass_targets
+            below = bisect.bisect_right(targets, horizon)
+            if below == 0:
+                return 0
+            covered = targets[below - 1]
+            del targets[:below - 1]           # the horizon never moves back: older ones are moot
+            for log in self.files[:-1]:       # never the file appends go to
+                if log.max_lsn <= covered and log not in self._dirty_files:
+                    self._reclaim = [log, list(log.lsns), 0]
+                    break
+            else:
+                return 0
+        log, lsns, position = self._reclaim
+        chunk = lsns[position:position + max_records]
+        self._unindex(log, chunk)
+        self._reclaim[2] = position + len(chunk)
+        if self._reclaim[2] < len(lsns):
+            return 0
+        # Every record is out of the index: record the GC point (records at or below it are
+        # skipped by a restart scan, and it is SCL's base then), then delete the file.
+        self.pages.sync()
+        self.state["gc_lsn"] = max(self.state["gc_lsn"], log.max_lsn)
+        self._save_state()
+        index = self.files.index(log)
+        del self.files[index]
+        # The scrub's cursor is an index into self.files: keep it on the file it was in (the
+        # 4 GiB benchmark found it pointing past the end of the next file, and the scrub's
+        # error stopped every segment's background work on the node).
+        if index < self._scrub_file:
+            self._scrub_file -= 1
+        elif index == self._scrub_file:
+            self._scrub_offset = LOG_HEADER_SIZE
+        del self.files_by_seq[log.seq]
+        log.close()
+        self.disk.unlink(log.path)
+        self.disk.fsync_directory(self.directory)
+        self._reclaim = None
+        self.gc_stats["log_files_deleted"] += 1
+        return 1
+
+    def _unindex(self, log, lsns):
+        """Take the records ``lsns`` of ``log`` out of the index, the page chains and the
+        sorted LSN list (those since moved to another file, or gone, are skipped).  Collected
+        records are the oldest, so each list loses a prefix in the common case: one slice
+        deletion per page, not a search per record."""
+        records = self.records
+        location = log.seq << LOCATION_SEQ_SHIFT
+        by_page = {}
+        gone = []
+        for lsn in lsns:
+            packed = records.get(lsn)
+            if packed is None or packed >> LOCATION_SEQ_SHIFT != log.seq:
+                continue
+            rtype, page_no = RECORD_TYPE_AND_PAGE.unpack_from(log.mm, packed - location)
+            del records[lsn]
+            gone.append(lsn)
+            if rtype in PAGE_TYPES:
+                by_page.setdefault(page_no, []).append(lsn)
+        if not gone:
+            return
+        for page_no, page_lsns in by_page.items():
+            chain = self.page_chains.get(page_no)
+            if chain is None:
+                continue
+            _remove_sorted(chain, page_lsns)
+            if not chain:
+                del self.page_chains[page_no]
+        _remove_sorted(self.sorted_lsns, gone)
+        if self.damaged_lsns:
+            self.damaged_lsns.difference_update(gone)
+        self.gc_stats["log_records_reclaimed"] += len(gone)
 
     def scrub_step(self, max_bytes):
         """Re-check CRCs of up to ``max_bytes`` of log and a matching share of page slots."""
@@ -1099,6 +1336,8 @@ class Segment:
                 self._scrub_offset = LOG_HEADER_SIZE
                 self.scrub["passes"] += 1
             log = self.files[self._scrub_file]
+            if self._scrub_offset > log.tail:     # never expected; start the file again
+                self._scrub_offset = LOG_HEADER_SIZE
             view = memoryview(log.mm)[:log.tail]
             start = self._scrub_offset
             recs, end, reason = _native.scan_log(view, start, max(1, max_bytes // 64))
@@ -1152,6 +1391,7 @@ class Segment:
             "log_files": len(self.files),
             "log_bytes": sum(log.tail - LOG_HEADER_SIZE for log in self.files),
             "page_count": len(self.pages.versions),
+            "gc": dict(self.gc_stats),
             "page_versions": self.pages.version_count(),
             "holes": [list(h) for h in self.holes()[:16]],
             "needs_repair": self.state["needs_repair"],
@@ -1161,12 +1401,15 @@ class Segment:
             "peers": list(self.state["peers"]),
             "damaged_lsns": sorted(self.damaged_lsns)[:16],
             "corrupt_page_slots": len(self.pages.corrupt_slots),
+            "missing_bases": sorted(self.missing_bases)[:16],
             "repair": dict(self.repair),
             "repair_history": self.state["repair_history"],
         }
 
     def close(self):
         self.sync()
+        if self.state["lwm"] != self._lwm_durable:
+            self._save_state()
         self.pages.close()
         for log in self.files:
             log.close()

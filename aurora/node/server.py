@@ -40,6 +40,8 @@ RECV_BYTES = 1 << 20
 LISTEN_BACKLOG = 512
 CONNECTIONS_MAX = 4096
 # Background slices: how often, and how much each may do (bounded so the loop stays fast).
+# An idle loop runs them back to back while they find work; a busy one still runs one every
+# BACKGROUND_INTERVAL_S, so materialization and GC keep up with a steady stream of appends.
 BACKGROUND_INTERVAL_S = 0.02
 GC_INTERVAL_S = 1.0
 MATERIALIZE_PAGES_PER_SLICE = 64
@@ -192,6 +194,8 @@ class NodeServer:
         self.started = False
         self.background = background
         self._last_gc = 0.0
+        self._last_background = 0.0
+        self._background_busy = False    # the last slice found work: run the next one soon
         # One receive buffer for the loop: recv() of RECV_BYTES allocated (and for 1 MiB,
         # mmap'ed, mremap'ed and munmap'ed) a fresh object for every frame that arrived.
         self._recv_buffer = bytearray(RECV_BYTES)
@@ -206,7 +210,12 @@ class NodeServer:
             self.gossiper.start()
         try:
             while self.running:
-                timeout = BACKGROUND_INTERVAL_S if self.background else 0.1
+                if not self.background:
+                    timeout = 0.1
+                elif self._background_busy:
+                    timeout = 0.0
+                else:
+                    timeout = BACKGROUND_INTERVAL_S
                 events = self.selector.select(timeout)
                 for key, mask in events:
                     if key.data is None:
@@ -220,7 +229,8 @@ class NodeServer:
                 self._commit_round()
                 if self.handshaking:
                     self._expire_handshakes()
-                if self.background and not events:
+                if self.background and (not events or
+                                        time.monotonic() - self._last_background >= BACKGROUND_INTERVAL_S):
                     self._background()
         finally:
             self._shutdown()
@@ -466,14 +476,29 @@ class NodeServer:
 
     def _background(self):
         now = time.monotonic()
-        gc = now - self._last_gc >= GC_INTERVAL_S
+        self._last_background = now
+        # GC looks for new work once a second; a log file it has begun to unindex goes on
+        # in every slice until it is deleted.
+        gc = now - self._last_gc >= GC_INTERVAL_S or self.core.gc_pending
         if gc:
             self._last_gc = now
+        self._background_busy = False
         try:
             with self.lock:
-                self.core.background_step(MATERIALIZE_PAGES_PER_SLICE, SCRUB_BYTES_PER_SLICE, gc=gc)
+                started = time.monotonic()
+                work = self.core.background_step(MATERIALIZE_PAGES_PER_SLICE, SCRUB_BYTES_PER_SLICE, gc=gc)
+                self._note_slice(time.monotonic() - started)
+            self._background_busy = bool(work) or self.core.background_pending
         except Exception:
             log.exception("background work failed; will retry")
+
+    def _note_slice(self, seconds):
+        stats = self.core.background_stats
+        stats["slices"] += 1
+        stats["seconds_total"] += seconds
+        stats["seconds_max"] = max(stats["seconds_max"], seconds)
+        if seconds > 0.05:
+            stats["slices_over_50ms"] += 1
 
     def _shutdown(self):
         if self.gossiper is not None and self.gossiper.is_alive():

@@ -40,8 +40,9 @@ VOLUME_ID = 0x51A
 PAGE_SIZE = 512
 PAGES_PER_PG = 4
 PG_COUNT = 2
-LOG_FILE_BYTES = 64 * 1024
+LOG_FILE_BYTES = 2048           # small, so logs roll over and GC deletes whole files
 LAL = 64                        # small, so back-pressure and truncation ranges matter
+READ_PIN_MS = 200.0             # a GET_PAGE holds its read point this long at most (a timeout)
 STEPS_MAX = 200_000             # bound on events per seed
 QUIESCE_MS = 3_000              # after the workload: faults stop, everything heals
 GOSSIP_ROUNDS_FINAL = 6         # rounds after the AZ loss before the final reads
@@ -362,6 +363,11 @@ class SimWriter:
         self.last_vcl = start_vdl
         self.last_vdl = start_vdl
         self.hint_sent = 0
+        # PGMRPL, as Volume._advance_pgmrpl: VDL, held down by reads in flight at older read
+        # points (pinned until answered or READ_PIN_MS old).
+        self.pgmrpl = 0
+        self.pins = {}                  # request id -> (volume read point, sim time sent)
+        self.lwm_sent = {}              # (node id, pg) -> LWM sent
         # A recovered writer opens once every PG's recovered chain is on a write quorum
         # (recovery.pgs_below_write_quorum); a new volume's writer is open at once.
         self.opened = not prev_lsn_pg
@@ -446,18 +452,40 @@ class SimWriter:
                 self.send(node, p.FRAME_VOLUME_HINT, p.VOLUME_HINT_BODY.pack(vdl))
 
     def read_check(self, rng):
-        """GetPage@VDL of one page from one member; the answer is checked on arrival."""
+        """GetPage of one page from one member at VDL or, half the time, at an older read
+        point at or above PGMRPL (what garbage collection must keep); the answer is checked
+        on arrival.  The read point stays pinned while the request is in flight."""
         vdl = self.tracker.vdl
+        point = vdl if rng.random() < 0.5 else rng.randint(min(self.pgmrpl, vdl), vdl)
         page_no = rng.randrange(PAGES_PER_PG * PG_COUNT)
         pg = page_no // PAGES_PER_PG
-        read_lsn = self.world.model.pg_read_point(pg, vdl)
+        read_lsn = self.world.model.pg_read_point(pg, point)
         scls = self.tracker.member_scls(pg)
         candidates = [n for i, n in enumerate(self.world.members(pg)) if scls[i] >= read_lsn]
         if not candidates:
             return
         node = rng.choice(candidates)
+        self.pins[self.next_request_id] = (point, self.world.now)
         self.send(node, p.FRAME_GET_PAGE, p.GET_PAGE_BODY.pack(pg, page_no, read_lsn), pg,
                   extra=(page_no, read_lsn))
+
+    def send_lwm(self):
+        """SET_LWM to each member whose LWM PGMRPL moves (Volume._advance_pgmrpl): per PG the
+        PG's read point at PGMRPL, to each member at most its acknowledged SCL."""
+        now = self.world.now
+        for request_id, (_, sent) in list(self.pins.items()):
+            if now - sent > READ_PIN_MS:
+                del self.pins[request_id]
+        lwm = min([self.tracker.vdl] + [point for point, _ in self.pins.values()])
+        if lwm > self.pgmrpl:
+            self.pgmrpl = lwm
+        for pg in range(PG_COUNT):
+            pg_lwm = self.world.model.pg_read_point(pg, self.pgmrpl)
+            for node in self.world.members(pg):
+                value = min(pg_lwm, self.acked_scl.get((node.node_id, pg), 0))
+                if value > self.lwm_sent.get((node.node_id, pg), 0):
+                    self.lwm_sent[(node.node_id, pg)] = value
+                    self.send(node, p.FRAME_SET_LWM, p.SET_LWM_BODY.pack(pg, 0, value), pg)
 
     # ---- replies ---------------------------------------------------------------------
 
@@ -466,6 +494,7 @@ class SimWriter:
             return
         frame = p.decode_frame(data)
         request = self.inflight.pop(frame.request_id, None)
+        self.pins.pop(frame.request_id, None)
         if frame.type == p.FRAME_ACK:
             pg, _, scl, _ = p.ACK_BODY.unpack_from(frame.body)
             self.on_ack(node, pg, scl)
@@ -697,6 +726,7 @@ class World:
         elif w is not None and w.alive and not w.fenced:
             w.resend()
             w.send_hint()
+            w.send_lwm()
             if self.rng.random() < 0.5:
                 self.stats["reads"] += 1
                 w.read_check(self.rng)
@@ -711,7 +741,7 @@ class World:
         if node.up and node.node_id not in self.lost:
             if self.rng.random() < 0.3:
                 try:   # as the server's _background: a failed slice is logged and retried
-                    node.core.background_step(materialize_pages=8, scrub_bytes=16 * 1024, gc=False)
+                    node.core.background_step(materialize_pages=8, scrub_bytes=16 * 1024, gc=True)
                 except errors.AuroraError:
                     self.stats["background_errors"] += 1
             if self.rng.random() < 0.1:
