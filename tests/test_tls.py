@@ -16,7 +16,7 @@ from aurora.client import NodeClient
 from aurora.cluster import Cluster
 from aurora.node.process import NodeProcess, _package_root
 from aurora.node.server import NodeServer
-from aurora.testing import RedoWorkload
+from aurora.testing import RedoWorkload, wait_for
 from aurora.tls import HANDSHAKE_TIMEOUT_S, HandshakeError, TLSConfig, TLSStream
 
 pytestmark = pytest.mark.process
@@ -69,17 +69,6 @@ def start_nodes(tmp_path, tls, count, host="127.0.0.1"):
 def node_log(node):
     with open(node.log_path) as f:
         return f.read()
-
-
-def wait_for(predicate, what, deadline_s=DEADLINE_S):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for %s" % what)
-        time.sleep(0.05)
 
 
 # ---- configuration (in process) -----------------------------------------------------------
@@ -154,7 +143,7 @@ def test_writer_commits_reads_and_recovers_over_tls_on_six_tcp_nodes(certs, tmp_
             t.join()
         assert errors_seen == []
         nodes[1].start()
-        wait_for(lambda: volume.links["node-2"].connected, "the writer's link to node-2 to reconnect over TLS")
+        wait_for(lambda: volume.links["node-2"].connected, "the writer's link to node-2 to reconnect over TLS", DEADLINE_S)
         volume.commit()
         assert all(volume.read(page_no) == data for page_no, data in expected.items())
         volume.close()
@@ -195,7 +184,7 @@ def test_gossip_between_tls_nodes_fills_a_member_that_missed_records(certs, tmp_
             with client(2) as c:
                 return c.status_segment(0)["scl"] == model.lsn
 
-        wait_for(caught_up, "node 3 to catch up by gossip over TLS")
+        wait_for(caught_up, "node 3 to catch up by gossip over TLS", DEADLINE_S)
         with client(2) as c:
             assert c.status()["gossip"]["records_accepted"] >= 30 * 6
             for page_no in model.page_numbers:
