@@ -12,6 +12,7 @@ it durable (the server enforces the order); SCL only moves forward within an epo
 read point R returns exactly the page after all records <= R and is refused when R is above
 SCL or below the low-water mark; no page or record is served without its CRC checked.
 """
+import array
 import bisect
 import collections
 import gc
@@ -49,6 +50,7 @@ GC_PAGES_PER_STEP = 4096               # page version lists one gc_step cleans, 
 GC_RECORDS_PER_STEP = 32768            # log records one gc_step takes out of the index, at most
 LSN_TOP = 1 << 64
 PAGE_TYPES = frozenset((_native.REC_DELTA, _native.REC_IMAGE, _native.REC_ZERO))
+NOT_A_PAGE = 0xFFFFFFFF        # LogFile.indexed_pages of a record that changes no page
 # Test mode (tests/test_crash_consistency.py): with AURORA_NODE_SYNC_JOURNAL set, the server
 # journals which log bytes each group commit made durable, so a harness can drop everything
 # else as a power loss would.  Unset (always, outside tests) it costs one attribute test.
@@ -59,8 +61,6 @@ SYNC_FACTS = collections.deque()   # (log path, synced length), taken by the ser
 I_FILE, I_OFFSET, I_LENGTH, I_PAGE, I_TYPE, I_FLAGS, I_PREV_PG, I_PREV_PAGE = range(8)
 RECORD_HEADER = struct.Struct("<IBBHIIQQQ")  # crc, type, flags, reserved, payload_length, page_no, lsn, prev_pg, prev_page
 assert RECORD_HEADER.size == RECORD_HEADER_SIZE
-RECORD_TYPE_AND_PAGE = struct.Struct("<4xB7xI")  # the type and page_no fields of RECORD_HEADER
-assert RECORD_TYPE_AND_PAGE.size == 16
 LOCATION_SEQ_SHIFT = 40                      # index value: log sequence << 40 | offset
 LOCATION_OFFSET_MASK = (1 << LOCATION_SEQ_SHIFT) - 1
 # Fields of a ``recs.tolist()`` row, in RECORD_DTYPE order (the small-batch paths use rows).
@@ -140,6 +140,20 @@ class LogFile:
         self.tail = LOG_HEADER_SIZE
         self.lsns = []           # LSNs of the records indexed in this file
         self.max_lsn = 0         # at least the highest of them (GC: O(1) "all below the horizon?")
+        # Every (LSN, page) indexed into this file, append-only (12 bytes a record; page
+        # NOT_A_PAGE for control records): GC takes the file's records out of the page chains
+        # from these instead of reading each header back from a file no longer cached.
+        self.indexed_lsns = array.array("Q")
+        self.indexed_pages = array.array("I")
+
+    def note_indexed(self, lsns, pages):
+        """Remember (LSN, page) pairs: numpy uint64/uint32 columns or small sequences."""
+        if isinstance(lsns, np.ndarray):
+            self.indexed_lsns.frombytes(lsns.astype("<u8").tobytes())
+            self.indexed_pages.frombytes(pages.astype("<u4").tobytes())
+        else:
+            self.indexed_lsns.extend(lsns)
+            self.indexed_pages.extend(pages)
         self.synced_tail = LOG_HEADER_SIZE
 
     @classmethod
@@ -221,7 +235,7 @@ class Segment:
         self._dirty_pages = set()
         self._truncation_unsynced = False   # truncate(durable=False) ran since the last save
         self._pass = None         # materialization pass: [target LSN, pages left, a page failed, synced]
-        self._reclaim = None      # log file being taken out of the index: [log, its LSNs, position]
+        self._reclaim = None      # log file being taken out of the index: [log, position in its indexed_lsns]
         self._gc_more = False     # the last gc_step may have left collectable work
         # Targets of complete materialization passes, ascending (see _reclaim_step).
         self._pass_targets = []
@@ -457,9 +471,10 @@ class Segment:
         packed = recs["offset"].astype(np.int64) + (shift + (log.seq << LOCATION_SEQ_SHIFT))
         self.records.update(zip(lsns, packed.tolist()))
         log.lsns.extend(lsns)
+        is_page = (types >= _native.REC_DELTA) & (types <= _native.REC_ZERO)
+        log.note_indexed(lsn.astype(np.uint64), np.where(is_page, page_no, NOT_A_PAGE).astype(np.uint32))
         if self._restoring is None:
             self._insert_sorted(lsns)
-        is_page = (types >= _native.REC_DELTA) & (types <= _native.REC_ZERO)
         if is_page.any():
             pages = page_no[is_page]
             page_lsns = lsn[is_page]
@@ -511,6 +526,8 @@ class Segment:
                 continue
             records[lsn] = offset + base
             added.append(lsn)
+            log.indexed_lsns.append(lsn)
+            log.indexed_pages.append(page_no if rtype in PAGE_TYPES else NOT_A_PAGE)
             if rtype in PAGE_TYPES:
                 chain = chains.get(page_no)
                 if chain is None:
@@ -909,6 +926,8 @@ class Segment:
             old_log.lsns.remove(lsn)
             log.lsns.append(lsn)
             log.max_lsn = max(log.max_lsn, lsn)
+            page_no = int(recs["page_no"][i])
+            log.note_indexed((lsn,), (page_no if int(recs["type"][i]) in PAGE_TYPES else NOT_A_PAGE,))
             self.records[lsn] = at + (log.seq << LOCATION_SEQ_SHIFT)
             self.damaged_lsns.discard(lsn)
             replaced += 1
@@ -1275,15 +1294,15 @@ class Segment:
             del targets[:below - 1]           # the horizon never moves back: older ones are moot
             for log in self.files[:-1]:       # never the file appends go to
                 if log.max_lsn <= covered and log not in self._dirty_files:
-                    self._reclaim = [log, list(log.lsns), 0]
+                    self._reclaim = [log, 0]
                     break
             else:
                 return 0
-        log, lsns, position = self._reclaim
-        chunk = lsns[position:position + max_records]
-        self._unindex(log, chunk)
-        self._reclaim[2] = position + len(chunk)
-        if self._reclaim[2] < len(lsns):
+        log, position = self._reclaim
+        end = min(position + max_records, len(log.indexed_lsns))
+        self._unindex(log, position, end)
+        self._reclaim[1] = end
+        if end < len(log.indexed_lsns):
             return 0
         # Every record is out of the index: record the GC point (records at or below it are
         # skipped by a restart scan, and it is SCL's base then), then delete the file.
@@ -1307,23 +1326,23 @@ class Segment:
         self.gc_stats["log_files_deleted"] += 1
         return 1
 
-    def _unindex(self, log, lsns):
-        """Take the records ``lsns`` of ``log`` out of the index, the page chains and the
-        sorted LSN list (those since moved to another file, or gone, are skipped).  Collected
+    def _unindex(self, log, start, end):
+        """Take the records ``log`` indexed at positions [start, end) of its indexed_lsns out
+        of the index, the page chains and the sorted LSN list (those since moved to another
+        file, truncated or collected are skipped).  Nothing is read from the file.  Collected
         records are the oldest, so each list loses a prefix in the common case: one slice
         deletion per page, not a search per record."""
         records = self.records
-        location = log.seq << LOCATION_SEQ_SHIFT
+        seq = log.seq
         by_page = {}
         gone = []
-        for lsn in lsns:
+        for lsn, page_no in zip(log.indexed_lsns[start:end], log.indexed_pages[start:end]):
             packed = records.get(lsn)
-            if packed is None or packed >> LOCATION_SEQ_SHIFT != log.seq:
+            if packed is None or packed >> LOCATION_SEQ_SHIFT != seq:
                 continue
-            rtype, page_no = RECORD_TYPE_AND_PAGE.unpack_from(log.mm, packed - location)
             del records[lsn]
             gone.append(lsn)
-            if rtype in PAGE_TYPES:
+            if page_no != NOT_A_PAGE:
                 by_page.setdefault(page_no, []).append(lsn)
         if not gone:
             return
