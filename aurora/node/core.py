@@ -25,6 +25,10 @@ TRUNCATION_ALL_PGS = 0xFFFFFFFF             # the pg of a range that holds for e
 SET_EPOCH_TRUNCATIONS_MAX = 65536
 FETCH_MAX_BYTES_CAP = 16 * 1024 * 1024
 GOSSIP_HOLES_PER_ROUND = 16    # hole ranges and damaged records one gossip round goes after
+# A raised LWM is made durable (a JSON write with two fsyncs, up to 0.4 s on a busy disk) at
+# most every this many GC steps of a segment, about once per 5 s in the server: GC lags that
+# much behind the writer's PGMRPL at most.
+GC_LWM_SAVE_EVERY = 5
 
 
 def _truncate_once(segment, after, through):
@@ -498,7 +502,8 @@ class NodeCore:
                     if gc:
                         # Log files go only up to the VDL hint this node has made durable: a
                         # recovery lists records above the hints it is told.
-                        dropped, deleted = segment.gc_step(volume.vdl_hint_saved, max_pages=gc_pages)
+                        dropped, deleted = segment.gc_step(volume.vdl_hint_saved, max_pages=gc_pages,
+                                                           lwm_save_every=GC_LWM_SAVE_EVERY)
                         work += dropped + deleted
                 except Exception as exc:
                     failure = failure or exc

@@ -273,6 +273,7 @@ class Segment:
         # SET_LWM would slow the loop for nothing); GC acts only on the LWM made durable, so a
         # crash that loses a raise never lets a read at the older LWM meet collected data.
         self._lwm_durable = state["lwm"]
+        self._gc_steps_unsaved = 0
         self.pages = PageStore(os.path.join(directory, "pages.aur"), volume_id, pg, page_size, disk,
                                repair_header=True)
         # No truncation reaches below the low-water mark (it starts at a recovered VDL, and
@@ -302,6 +303,7 @@ class Segment:
             self._truncation_unsynced = False
         write_json_durably(self._state_path(), self.state, self.disk)
         self._lwm_durable = self.state["lwm"]
+        self._gc_steps_unsaved = 0
 
     @property
     def lwm(self):
@@ -1200,9 +1202,11 @@ class Segment:
                 return folded
             failed = self._pass[2]
             if not failed:
+                # The sync made the pass durable; state.json learns the new materialized_lsn
+                # with its next write (a durable JSON write here held the loop for up to 0.4 s
+                # on a busy disk).  A restart that finds an older one materializes again.
                 if target > self.state["materialized_lsn"]:
                     self.state["materialized_lsn"] = target
-                    self._save_state()
                 if not self._pass_targets or target > self._pass_targets[-1]:
                     self._pass_targets.append(target)
             self._pass = None
@@ -1228,16 +1232,20 @@ class Segment:
             horizon = min(horizon, self.peer_scls.get(address, 0))
         return horizon
 
-    def gc_step(self, vdl_hint_durable=None, max_pages=GC_PAGES_PER_STEP, max_records=GC_RECORDS_PER_STEP):
+    def gc_step(self, vdl_hint_durable=None, max_pages=GC_PAGES_PER_STEP, max_records=GC_RECORDS_PER_STEP,
+                lwm_save_every=1):
         """One bounded slice of garbage collection below the low-water mark: drop the page
         versions no read at or above it can need, and take at most ``max_records`` records of
         a fully covered log file out of the index, deleting the file once all are out.
 
         The cost is the work done (versions dropped, records unindexed) plus O(log files),
         never O(pages): candidates come off the page store's GC heap.  Returns (versions
-        dropped, log files deleted); ``gc_pending()`` says whether more is waiting."""
-        if self.state["lwm"] > self._lwm_durable:
-            self._save_state()        # GC acts on a durable LWM only (see set_lwm)
+        dropped, log files deleted); ``gc_pending()`` says whether more is waiting.  A raised
+        LWM is saved (GC acts on a durable LWM only, see set_lwm) at most every
+        ``lwm_save_every`` calls, unless another state write carried it meanwhile."""
+        self._gc_steps_unsaved += 1
+        if self.state["lwm"] > self._lwm_durable and self._gc_steps_unsaved >= lwm_save_every:
+            self._save_state()
         horizon = self.gc_horizon()
         dropped = 0
         candidates = self.pages.gc_candidates(horizon, max_pages)

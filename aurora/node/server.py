@@ -496,16 +496,17 @@ class NodeServer:
                 started = time.monotonic()
                 work = self.core.background_step(self._materialize_pages, SCRUB_BYTES_PER_SLICE, gc=gc,
                                                  gc_pages=self._gc_pages)
-                self._note_slice(time.monotonic() - started)
+                self._note_slice(time.monotonic() - started, work)
             self._background_busy = bool(work) or self.core.background_pending
         except Exception:
             log.exception("background work failed; will retry")
 
-    def _note_slice(self, seconds):
+    def _note_slice(self, seconds, work):
         if seconds > BACKGROUND_SLICE_TARGET_S:
             self._materialize_pages = max(1, self._materialize_pages // 2)
             self._gc_pages = max(16, self._gc_pages // 2)
-        elif seconds < BACKGROUND_SLICE_TARGET_S / 4:
+        elif work and seconds < BACKGROUND_SLICE_TARGET_S / 4:
+            # Only a slice that did work says its budget was affordable.
             self._materialize_pages = min(MATERIALIZE_PAGES_PER_SLICE, self._materialize_pages * 2)
             self._gc_pages = min(GC_PAGES_PER_SLICE, self._gc_pages * 2)
         stats = self.core.background_stats
