@@ -23,6 +23,16 @@ def wait_for(predicate, what, deadline_s=60.0, poll_s=0.05):
         time.sleep(poll_s)
 
 
+def materialize_all(segment, max_pages=64):
+    """Run an in-process Segment's materialization until no pass is under way: a pass's last
+    page-store sync runs on a helper thread, and the pass ends at the first step after it."""
+    while True:
+        if not segment.materialize_step(max_pages):
+            if not segment.materialize_pending():
+                return
+            time.sleep(0.0005)
+
+
 def feed_segment(segment, workload, rows):
     """Append ``rows`` of ``workload`` to an in-process Segment as one batch, as a node's
     APPEND does, and sync; returns how many records were new."""

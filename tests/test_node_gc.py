@@ -9,7 +9,7 @@ import pytest
 
 from aurora.node.disk import SimDisk
 from aurora.node.segment import ReadPointRefused, Segment
-from aurora.testing import RedoWorkload, feed_segment as feed
+from aurora.testing import RedoWorkload, feed_segment as feed, materialize_all
 
 PAGE_SIZE = 1024
 PAGES_PER_PG = 4096
@@ -22,8 +22,7 @@ def open_segment(path, disk=None):
 
 
 def materialize(segment):
-    while segment.materialize_step(64) or segment.materialize_pending():
-        pass
+    materialize_all(segment)
     assert segment.materialized_lsn == segment.scl
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from aurora import _native, errors
 from aurora.node.segment import LOG_HEADER_SIZE, ReadPointRefused, Segment
-from aurora.testing import RedoWorkload, feed_segment as feed
+from aurora.testing import RedoWorkload, feed_segment as feed, materialize_all
 
 PAGE_SIZE = 1024
 PAGES_PER_PG = 32
@@ -82,8 +82,7 @@ def test_materialize_gc_and_low_water_mark(tmp_path):
     for _ in range(100):
         feed(segment, workload, workload.records(8))
     middle = segment.scl // 2
-    while segment.materialize_step(4):
-        pass
+    materialize_all(segment, 4)
     assert segment.materialized_lsn == segment.scl
     assert segment.pages.version_count() >= len(workload.page_numbers) - 1
     assert_reads_match(segment, workload, [middle, segment.scl])
@@ -91,8 +90,7 @@ def test_materialize_gc_and_low_water_mark(tmp_path):
     # More writes and a second pass, so that versions exist below the low-water mark.
     for _ in range(10):
         feed(segment, workload, workload.records(8))
-    while segment.materialize_step(4):
-        pass
+    materialize_all(segment, 4)
     lwm = segment.set_lwm(segment.materialized_lsn)
     dropped, deleted = segment.gc_step()
     assert deleted >= 1 and len(segment.files) < files_before + 2
@@ -112,8 +110,7 @@ def test_truncate_drops_records_durably(tmp_path):
     dropped = workload.records(10)
     feed(segment, workload, kept)
     feed(segment, workload, dropped)
-    while segment.materialize_step(8):
-        pass
+    materialize_all(segment, 8)
     after = kept[-1]["lsn"]
     segment.truncate(after, after + 1000)
     assert segment.scl == after
@@ -220,8 +217,7 @@ def materialized_segment(tmp_path, seed):
     segment = open_segment(tmp_path / "seg")
     for _ in range(6):
         feed(segment, workload, workload.records(6))
-    while segment.materialize_step(8):
-        pass
+    materialize_all(segment, 8)
     return workload, segment
 
 

@@ -17,14 +17,18 @@ from aurora.node.disk import REAL_DISK
 from aurora.node.files import read_json, write_json_durably
 from aurora.node.gossip import accept_gossip_records
 from aurora.node.meta import MetaStore
-from aurora.node.segment import (LOG_FILE_BYTES_DEFAULT, SMALL_INDEX_RECORDS, ReadPointRefused, Segment,
-                                 add_range, range_covered)
+from aurora.node.segment import (GC_PAGES_PER_STEP, LOG_FILE_BYTES_DEFAULT, SMALL_INDEX_RECORDS, ReadPointRefused,
+                                 Segment, add_range, range_covered)
 
 TRUNCATION_ENTRY = struct.Struct("<IIQQ")   # pg, reserved, after_lsn, through_lsn
 TRUNCATION_ALL_PGS = 0xFFFFFFFF             # the pg of a range that holds for every PG of the volume
 SET_EPOCH_TRUNCATIONS_MAX = 65536
 FETCH_MAX_BYTES_CAP = 16 * 1024 * 1024
 GOSSIP_HOLES_PER_ROUND = 16    # hole ranges and damaged records one gossip round goes after
+# A raised LWM is made durable (a JSON write with two fsyncs, up to 0.4 s on a busy disk) at
+# most every this many GC steps of a segment, about once per 5 s in the server: GC lags that
+# much behind the writer's PGMRPL at most.
+GC_LWM_SAVE_EVERY = 5
 
 
 def _truncate_once(segment, after, through):
@@ -478,7 +482,7 @@ class NodeCore:
 
     # ---- background work ---------------------------------------------------------------
 
-    def background_step(self, materialize_pages=64, scrub_bytes=256 * 1024, gc=False):
+    def background_step(self, materialize_pages=64, scrub_bytes=256 * 1024, gc=False, gc_pages=GC_PAGES_PER_STEP):
         """One bounded slice of background work over every segment: materialization, scrub
         and, with ``gc``, garbage collection.  Returns the work done (records folded, versions
         dropped, log files deleted); ``gc_pending`` tells whether GC left work for the next
@@ -498,7 +502,8 @@ class NodeCore:
                     if gc:
                         # Log files go only up to the VDL hint this node has made durable: a
                         # recovery lists records above the hints it is told.
-                        dropped, deleted = segment.gc_step(volume.vdl_hint_saved)
+                        dropped, deleted = segment.gc_step(volume.vdl_hint_saved, max_pages=gc_pages,
+                                                           lwm_save_every=GC_LWM_SAVE_EVERY)
                         work += dropped + deleted
                 except Exception as exc:
                     failure = failure or exc

@@ -16,9 +16,15 @@ same with either disk.
 import errno
 import mmap
 import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 SECTOR_BYTES = 512               # the unit a crash keeps, drops or scrambles
 DIRECTORY_FD = -1                # SimDisk: what opening a directory returns
+ASYNC_SYNC_THREADS = 2           # RealDisk: threads running fdatasync_async for the whole process
+
+_async_sync_pool = None
+_async_sync_lock = threading.Lock()
 
 
 class RealDisk:
@@ -67,6 +73,16 @@ class RealDisk:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    @staticmethod
+    def fdatasync_async(fd):
+        """Start fdatasync(fd) on a helper thread; a Future that is done once it returned (its
+        result raises the OSError, if any).  The caller must not close ``fd`` before then."""
+        global _async_sync_pool
+        with _async_sync_lock:
+            if _async_sync_pool is None:
+                _async_sync_pool = ThreadPoolExecutor(ASYNC_SYNC_THREADS, thread_name_prefix="aurora-page-sync")
+        return _async_sync_pool.submit(os.fdatasync, fd)
 
 
 REAL_DISK = RealDisk()
@@ -234,6 +250,13 @@ class SimDisk:
         self.syncs += 1
 
     fdatasync = fsync
+
+    def fdatasync_async(self, fd):
+        """Deterministic: the sync happens now; the Future is already done."""
+        self.fsync(fd)
+        future = Future()
+        future.set_result(None)
+        return future
 
     def mmap(self, fd, size):
         f = self._file(fd)

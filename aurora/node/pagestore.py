@@ -90,6 +90,9 @@ class PageStore:
         self._recent_kept = 0
         self.corrupt_slots = []   # (slot, offset) found by open or scrub
         self.dirty = False
+        self.writes_unsynced = 0  # page versions written since the last sync
+        self._sync_future = None  # an fdatasync started by sync_begin, maybe still running
+        self._freed_in_flight = []   # slots it frees once it is done
         self.scrub_cursor = 0
         exists = disk.exists(path)
         self.fd = disk.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -247,6 +250,7 @@ class PageStore:
         struct.pack_into("<II", self.mm, off, crc, SLOT_IN_USE)
         self._insert_version(page_no, lsn, slot)
         self.dirty = True
+        self.writes_unsynced += 1
         return slot
 
     def drop_versions(self, page_no, predicate):
@@ -340,8 +344,11 @@ class PageStore:
         return sum(len(v) for v in self.versions.values())
 
     def sync(self):
+        """Make every version written so far durable (waits for a sync_begin in flight)."""
+        self._finish_sync_begun()
         if self.dirty:
             self.dirty = False
+            self.writes_unsynced = 0
             self.disk.fdatasync(self.fd)
             if SYNC_JOURNAL:
                 _journal_snapshot(self)
@@ -349,6 +356,46 @@ class PageStore:
             # Free on disk now: reusable.
             self.free_slots.extend(self.freed_unsynced)
             self.freed_unsynced = []
+
+    def sync_begin(self):
+        """Start making every version written so far durable without waiting for the disk
+        (the node's loop must not sit in an fdatasync of a large mapping: up to a second on a
+        busy disk).  False if the previous one is still running (call again later); see
+        sync_running.  The sync-journal test mode syncs at once."""
+        if SYNC_JOURNAL:
+            self.sync()
+            return True
+        if self.sync_running():
+            return False
+        if self.dirty:
+            self.dirty = False
+            self.writes_unsynced = 0
+            self._freed_in_flight, self.freed_unsynced = self.freed_unsynced, []
+            self._sync_future = self.disk.fdatasync_async(self.fd)
+        return True
+
+    def sync_running(self):
+        """Whether a sync_begin is still in flight; once it is done, the slots it freed are
+        reusable (an error it met is raised here, and its writes count as unsynced again)."""
+        if self._sync_future is None:
+            return False
+        if not self._sync_future.done():
+            return True
+        self._finish_sync_begun()
+        return False
+
+    def _finish_sync_begun(self):
+        future, self._sync_future = self._sync_future, None
+        if future is None:
+            return
+        freed, self._freed_in_flight = self._freed_in_flight, []
+        try:
+            future.result()
+        except OSError:
+            self.dirty = True
+            self.freed_unsynced.extend(freed)
+            raise
+        self.free_slots.extend(freed)
 
     def scrub_step(self, max_slots):
         """Check up to ``max_slots`` slots; return the damaged ones found."""

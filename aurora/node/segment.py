@@ -12,6 +12,7 @@ it durable (the server enforces the order); SCL only moves forward within an epo
 read point R returns exactly the page after all records <= R and is refused when R is above
 SCL or below the low-water mark; no page or record is served without its CRC checked.
 """
+import array
 import bisect
 import collections
 import gc
@@ -42,10 +43,14 @@ CORRUPTION_REPORTS_MAX = 256   # the newest damage reports kept for status
 SMALL_INDEX_RECORDS = 64
 # Background work is done in bounded slices so the node's loop answers requests promptly:
 MATERIALIZE_RECORDS_PER_STEP = 16384   # records one materialize_step folds, at most
+# A pass syncs the page store every this many new versions, not only at its end: one sync of
+# a whole 262,144-page pass held a node's loop for up to a second (4 GiB benchmark).
+MATERIALIZE_SYNC_PAGES = 1024
 GC_PAGES_PER_STEP = 4096               # page version lists one gc_step cleans, at most
 GC_RECORDS_PER_STEP = 32768            # log records one gc_step takes out of the index, at most
 LSN_TOP = 1 << 64
 PAGE_TYPES = frozenset((_native.REC_DELTA, _native.REC_IMAGE, _native.REC_ZERO))
+NOT_A_PAGE = 0xFFFFFFFF        # LogFile.indexed_pages of a record that changes no page
 # Test mode (tests/test_crash_consistency.py): with AURORA_NODE_SYNC_JOURNAL set, the server
 # journals which log bytes each group commit made durable, so a harness can drop everything
 # else as a power loss would.  Unset (always, outside tests) it costs one attribute test.
@@ -56,8 +61,6 @@ SYNC_FACTS = collections.deque()   # (log path, synced length), taken by the ser
 I_FILE, I_OFFSET, I_LENGTH, I_PAGE, I_TYPE, I_FLAGS, I_PREV_PG, I_PREV_PAGE = range(8)
 RECORD_HEADER = struct.Struct("<IBBHIIQQQ")  # crc, type, flags, reserved, payload_length, page_no, lsn, prev_pg, prev_page
 assert RECORD_HEADER.size == RECORD_HEADER_SIZE
-RECORD_TYPE_AND_PAGE = struct.Struct("<4xB7xI")  # the type and page_no fields of RECORD_HEADER
-assert RECORD_TYPE_AND_PAGE.size == 16
 LOCATION_SEQ_SHIFT = 40                      # index value: log sequence << 40 | offset
 LOCATION_OFFSET_MASK = (1 << LOCATION_SEQ_SHIFT) - 1
 # Fields of a ``recs.tolist()`` row, in RECORD_DTYPE order (the small-batch paths use rows).
@@ -137,6 +140,20 @@ class LogFile:
         self.tail = LOG_HEADER_SIZE
         self.lsns = []           # LSNs of the records indexed in this file
         self.max_lsn = 0         # at least the highest of them (GC: O(1) "all below the horizon?")
+        # Every (LSN, page) indexed into this file, append-only (12 bytes a record; page
+        # NOT_A_PAGE for control records): GC takes the file's records out of the page chains
+        # from these instead of reading each header back from a file no longer cached.
+        self.indexed_lsns = array.array("Q")
+        self.indexed_pages = array.array("I")
+
+    def note_indexed(self, lsns, pages):
+        """Remember (LSN, page) pairs: numpy uint64/uint32 columns or small sequences."""
+        if isinstance(lsns, np.ndarray):
+            self.indexed_lsns.frombytes(lsns.astype("<u8").tobytes())
+            self.indexed_pages.frombytes(pages.astype("<u4").tobytes())
+        else:
+            self.indexed_lsns.extend(lsns)
+            self.indexed_pages.extend(pages)
         self.synced_tail = LOG_HEADER_SIZE
 
     @classmethod
@@ -217,8 +234,8 @@ class Segment:
         self._dirty_files = set()
         self._dirty_pages = set()
         self._truncation_unsynced = False   # truncate(durable=False) ran since the last save
-        self._pass = None         # materialization pass: [target LSN, pages left, a page failed]
-        self._reclaim = None      # log file being taken out of the index: [log, its LSNs, position]
+        self._pass = None         # materialization pass: [target LSN, pages left, a page failed, synced]
+        self._reclaim = None      # log file being taken out of the index: [log, position in its indexed_lsns]
         self._gc_more = False     # the last gc_step may have left collectable work
         # Targets of complete materialization passes, ascending (see _reclaim_step).
         self._pass_targets = []
@@ -256,6 +273,7 @@ class Segment:
         # SET_LWM would slow the loop for nothing); GC acts only on the LWM made durable, so a
         # crash that loses a raise never lets a read at the older LWM meet collected data.
         self._lwm_durable = state["lwm"]
+        self._gc_steps_unsaved = 0
         self.pages = PageStore(os.path.join(directory, "pages.aur"), volume_id, pg, page_size, disk,
                                repair_header=True)
         # No truncation reaches below the low-water mark (it starts at a recovered VDL, and
@@ -285,6 +303,7 @@ class Segment:
             self._truncation_unsynced = False
         write_json_durably(self._state_path(), self.state, self.disk)
         self._lwm_durable = self.state["lwm"]
+        self._gc_steps_unsaved = 0
 
     @property
     def lwm(self):
@@ -454,9 +473,10 @@ class Segment:
         packed = recs["offset"].astype(np.int64) + (shift + (log.seq << LOCATION_SEQ_SHIFT))
         self.records.update(zip(lsns, packed.tolist()))
         log.lsns.extend(lsns)
+        is_page = (types >= _native.REC_DELTA) & (types <= _native.REC_ZERO)
+        log.note_indexed(lsn.astype(np.uint64), np.where(is_page, page_no, NOT_A_PAGE).astype(np.uint32))
         if self._restoring is None:
             self._insert_sorted(lsns)
-        is_page = (types >= _native.REC_DELTA) & (types <= _native.REC_ZERO)
         if is_page.any():
             pages = page_no[is_page]
             page_lsns = lsn[is_page]
@@ -508,6 +528,8 @@ class Segment:
                 continue
             records[lsn] = offset + base
             added.append(lsn)
+            log.indexed_lsns.append(lsn)
+            log.indexed_pages.append(page_no if rtype in PAGE_TYPES else NOT_A_PAGE)
             if rtype in PAGE_TYPES:
                 chain = chains.get(page_no)
                 if chain is None:
@@ -906,6 +928,8 @@ class Segment:
             old_log.lsns.remove(lsn)
             log.lsns.append(lsn)
             log.max_lsn = max(log.max_lsn, lsn)
+            page_no = int(recs["page_no"][i])
+            log.note_indexed((lsn,), (page_no if int(recs["type"][i]) in PAGE_TYPES else NOT_A_PAGE,))
             self.records[lsn] = at + (log.seq << LOCATION_SEQ_SHIFT)
             self.damaged_lsns.discard(lsn)
             replaced += 1
@@ -1135,9 +1159,9 @@ class Segment:
                 return 0
             # Any order will do, so no sort: a pass after a restart covers every page with
             # records in the log.
-            self._pass = [self.scl, list(self._dirty_pages), False]
+            self._pass = [self.scl, list(self._dirty_pages), False, False]
             self._dirty_pages = set()
-        target, pages, _ = self._pass
+        target, pages, _, _ = self._pass
         folded = 0
         while pages and max_pages > 0 and folded < max_records:
             page_no = pages.pop()
@@ -1165,13 +1189,24 @@ class Segment:
                 continue
             self.pages.write(page_no, page_lsn, page)
             folded += hi - lo
+        if self.pages.writes_unsynced >= MATERIALIZE_SYNC_PAGES:
+            self.pages.sync_begin()           # bounds what the pass's last sync has to write
         if not pages:
+            # The pass counts once its versions are durable: its last sync runs off the loop,
+            # and a later slice finishes the pass when it is done.
+            if not self._pass[3]:
+                if not self.pages.sync_begin():
+                    return folded
+                self._pass[3] = True
+            if self.pages.sync_running():
+                return folded
             failed = self._pass[2]
-            self.pages.sync()
             if not failed:
+                # The sync made the pass durable; state.json learns the new materialized_lsn
+                # with its next write (a durable JSON write here held the loop for up to 0.4 s
+                # on a busy disk).  A restart that finds an older one materializes again.
                 if target > self.state["materialized_lsn"]:
                     self.state["materialized_lsn"] = target
-                    self._save_state()
                 if not self._pass_targets or target > self._pass_targets[-1]:
                     self._pass_targets.append(target)
             self._pass = None
@@ -1197,16 +1232,20 @@ class Segment:
             horizon = min(horizon, self.peer_scls.get(address, 0))
         return horizon
 
-    def gc_step(self, vdl_hint_durable=None, max_pages=GC_PAGES_PER_STEP, max_records=GC_RECORDS_PER_STEP):
+    def gc_step(self, vdl_hint_durable=None, max_pages=GC_PAGES_PER_STEP, max_records=GC_RECORDS_PER_STEP,
+                lwm_save_every=1):
         """One bounded slice of garbage collection below the low-water mark: drop the page
         versions no read at or above it can need, and take at most ``max_records`` records of
         a fully covered log file out of the index, deleting the file once all are out.
 
         The cost is the work done (versions dropped, records unindexed) plus O(log files),
         never O(pages): candidates come off the page store's GC heap.  Returns (versions
-        dropped, log files deleted); ``gc_pending()`` says whether more is waiting."""
-        if self.state["lwm"] > self._lwm_durable:
-            self._save_state()        # GC acts on a durable LWM only (see set_lwm)
+        dropped, log files deleted); ``gc_pending()`` says whether more is waiting.  A raised
+        LWM is saved (GC acts on a durable LWM only, see set_lwm) at most every
+        ``lwm_save_every`` calls, unless another state write carried it meanwhile."""
+        self._gc_steps_unsaved += 1
+        if self.state["lwm"] > self._lwm_durable and self._gc_steps_unsaved >= lwm_save_every:
+            self._save_state()
         horizon = self.gc_horizon()
         dropped = 0
         candidates = self.pages.gc_candidates(horizon, max_pages)
@@ -1236,8 +1275,8 @@ class Segment:
 
     def background_pending(self):
         """Whether a materialization pass or a log file's reclaim is under way: the next
-        background slice has work for certain."""
-        return self._pass is not None or self._reclaim is not None
+        background slice has work for certain (a pass that only waits for its sync has none)."""
+        return (self._pass is not None and not self._pass[3]) or self._reclaim is not None
 
     def _reclaim_step(self, horizon, max_records):
         """Unindex up to ``max_records`` records of the oldest log file that no read at or
@@ -1263,15 +1302,15 @@ class Segment:
             del targets[:below - 1]           # the horizon never moves back: older ones are moot
             for log in self.files[:-1]:       # never the file appends go to
                 if log.max_lsn <= covered and log not in self._dirty_files:
-                    self._reclaim = [log, list(log.lsns), 0]
+                    self._reclaim = [log, 0]
                     break
             else:
                 return 0
-        log, lsns, position = self._reclaim
-        chunk = lsns[position:position + max_records]
-        self._unindex(log, chunk)
-        self._reclaim[2] = position + len(chunk)
-        if self._reclaim[2] < len(lsns):
+        log, position = self._reclaim
+        end = min(position + max_records, len(log.indexed_lsns))
+        self._unindex(log, position, end)
+        self._reclaim[1] = end
+        if end < len(log.indexed_lsns):
             return 0
         # Every record is out of the index: record the GC point (records at or below it are
         # skipped by a restart scan, and it is SCL's base then), then delete the file.
@@ -1295,23 +1334,23 @@ class Segment:
         self.gc_stats["log_files_deleted"] += 1
         return 1
 
-    def _unindex(self, log, lsns):
-        """Take the records ``lsns`` of ``log`` out of the index, the page chains and the
-        sorted LSN list (those since moved to another file, or gone, are skipped).  Collected
+    def _unindex(self, log, start, end):
+        """Take the records ``log`` indexed at positions [start, end) of its indexed_lsns out
+        of the index, the page chains and the sorted LSN list (those since moved to another
+        file, truncated or collected are skipped).  Nothing is read from the file.  Collected
         records are the oldest, so each list loses a prefix in the common case: one slice
         deletion per page, not a search per record."""
         records = self.records
-        location = log.seq << LOCATION_SEQ_SHIFT
+        seq = log.seq
         by_page = {}
         gone = []
-        for lsn in lsns:
+        for lsn, page_no in zip(log.indexed_lsns[start:end], log.indexed_pages[start:end]):
             packed = records.get(lsn)
-            if packed is None or packed >> LOCATION_SEQ_SHIFT != log.seq:
+            if packed is None or packed >> LOCATION_SEQ_SHIFT != seq:
                 continue
-            rtype, page_no = RECORD_TYPE_AND_PAGE.unpack_from(log.mm, packed - location)
             del records[lsn]
             gone.append(lsn)
-            if rtype in PAGE_TYPES:
+            if page_no != NOT_A_PAGE:
                 by_page.setdefault(page_no, []).append(lsn)
         if not gone:
             return

@@ -45,6 +45,12 @@ CONNECTIONS_MAX = 4096
 BACKGROUND_INTERVAL_S = 0.02
 GC_INTERVAL_S = 1.0
 MATERIALIZE_PAGES_PER_SLICE = 64
+GC_PAGES_PER_SLICE = 4096
+# Materializing or collecting a page may wait for the disk (a page fault on a mapping that is
+# no longer cached: 5-10 ms each on a busy disk, so 64 of them held the loop for 0.6 s in the
+# 1 GiB benchmark).  The page budgets of the next slice halve after a slice longer than this
+# and double, up to the maxima above, after one under a quarter of it.
+BACKGROUND_SLICE_TARGET_S = 0.02
 SCRUB_BYTES_PER_SLICE = 16 * 1024   # with 50 slices/s: at most ~800 KB/s of scrubbing
 # Log files of different segments synced in parallel by one group commit.
 SYNC_THREADS_MAX = 8
@@ -196,6 +202,8 @@ class NodeServer:
         self._last_gc = 0.0
         self._last_background = 0.0
         self._background_busy = False    # the last slice found work: run the next one soon
+        self._materialize_pages = MATERIALIZE_PAGES_PER_SLICE   # page budgets of the next slice
+        self._gc_pages = GC_PAGES_PER_SLICE
         # One receive buffer for the loop: recv() of RECV_BYTES allocated (and for 1 MiB,
         # mmap'ed, mremap'ed and munmap'ed) a fresh object for every frame that arrived.
         self._recv_buffer = bytearray(RECV_BYTES)
@@ -486,13 +494,21 @@ class NodeServer:
         try:
             with self.lock:
                 started = time.monotonic()
-                work = self.core.background_step(MATERIALIZE_PAGES_PER_SLICE, SCRUB_BYTES_PER_SLICE, gc=gc)
-                self._note_slice(time.monotonic() - started)
+                work = self.core.background_step(self._materialize_pages, SCRUB_BYTES_PER_SLICE, gc=gc,
+                                                 gc_pages=self._gc_pages)
+                self._note_slice(time.monotonic() - started, work)
             self._background_busy = bool(work) or self.core.background_pending
         except Exception:
             log.exception("background work failed; will retry")
 
-    def _note_slice(self, seconds):
+    def _note_slice(self, seconds, work):
+        if seconds > BACKGROUND_SLICE_TARGET_S:
+            self._materialize_pages = max(1, self._materialize_pages // 2)
+            self._gc_pages = max(16, self._gc_pages // 2)
+        elif work and seconds < BACKGROUND_SLICE_TARGET_S / 4:
+            # Only a slice that did work says its budget was affordable.
+            self._materialize_pages = min(MATERIALIZE_PAGES_PER_SLICE, self._materialize_pages * 2)
+            self._gc_pages = min(GC_PAGES_PER_SLICE, self._gc_pages * 2)
         stats = self.core.background_stats
         stats["slices"] += 1
         stats["seconds_total"] += seconds
