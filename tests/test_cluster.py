@@ -1,17 +1,14 @@
 """The protocol end to end on real node processes: writer, quorum, gossip, recovery, fencing."""
-import multiprocessing
 import os
 import random
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 import pytest
 
-import aurora
 from aurora import errors
 from aurora.cluster import Cluster
 
@@ -22,13 +19,9 @@ PAGES_PER_PG = 64          # tiny segments so a test spans several PGs
 LOG_FILE_BYTES = 1 << 20
 
 
-def short_dir():
-    return tempfile.mkdtemp(prefix="aur-")
-
-
 @pytest.fixture
-def cluster():
-    with Cluster.local(short_dir(), log_file_bytes=LOG_FILE_BYTES, pages_per_pg=PAGES_PER_PG) as c:
+def cluster(short_dir):
+    with Cluster.local(short_dir, log_file_bytes=LOG_FILE_BYTES, pages_per_pg=PAGES_PER_PG) as c:
         yield c
 
 

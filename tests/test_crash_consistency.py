@@ -16,7 +16,6 @@ model's bytes; nothing is ever served wrong.
 import json
 import os
 import random
-import tempfile
 import threading
 import time
 
@@ -185,12 +184,12 @@ def check_node(address, workload, acked_scl, rng):
         return scl, segment
 
 
-def run_power_loss_cycles(tmp_path, monkeypatch, seed, cycles, modes, process_crash_first=False, ring=False):
+def run_power_loss_cycles(tmp_path, short_dir, monkeypatch, seed, cycles, modes, process_crash_first=False, ring=False):
     rng = random.Random(seed)
     print("crash-consistency seed", seed)
     journal = str(tmp_path / "sync.journal")
     monkeypatch.setenv("AURORA_NODE_SYNC_JOURNAL", journal)
-    address = "unix:%s/node.sock" % tempfile.mkdtemp(prefix="aur-")
+    address = "unix:%s/node.sock" % short_dir
     data_dir = str(tmp_path / "data")
     node = NodeProcess(data_dir, address, "n1", "az1", LOG_FILE_BYTES, log_path=str(tmp_path / "node.log"))
     node.start()
@@ -238,27 +237,27 @@ def run_power_loss_cycles(tmp_path, monkeypatch, seed, cycles, modes, process_cr
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_power_loss_after_sigkill_loses_no_acknowledged_record(tmp_path, monkeypatch, seed):
-    summary = run_power_loss_cycles(tmp_path, monkeypatch, seed, cycles=4, modes=MODES)
+def test_power_loss_after_sigkill_loses_no_acknowledged_record(tmp_path, short_dir, monkeypatch, seed):
+    summary = run_power_loss_cycles(tmp_path, short_dir, monkeypatch, seed, cycles=4, modes=MODES)
     assert any(changed for *_, changed, _ in summary), "the power loss must have dropped something"
 
 
-def test_power_loss_loses_no_record_acknowledged_from_the_ring(tmp_path, monkeypatch):
-    summary = run_power_loss_cycles(tmp_path, monkeypatch, 5, cycles=4, modes=MODES, ring=True)
+def test_power_loss_loses_no_record_acknowledged_from_the_ring(tmp_path, short_dir, monkeypatch):
+    summary = run_power_loss_cycles(tmp_path, short_dir, monkeypatch, 5, cycles=4, modes=MODES, ring=True)
     assert any(changed for *_, changed, _ in summary), "the power loss must have dropped something"
     assert sum(acks for _, acks, *_ in summary) > 0
 
 
-def test_crash_then_restart_then_power_loss(tmp_path, monkeypatch):
+def test_crash_then_restart_then_power_loss(tmp_path, short_dir, monkeypatch):
     """Bytes a crashed node left unsynced in the page cache are read back on restart; the node
     must make them durable before it acknowledges anything that counts on them."""
-    run_power_loss_cycles(tmp_path, monkeypatch, 3, cycles=4, modes=("torn", "garbage"),
+    run_power_loss_cycles(tmp_path, short_dir, monkeypatch, 3, cycles=4, modes=("torn", "garbage"),
                           process_crash_first=True)
 
 
-def test_journal_is_off_and_absent_without_the_variable(tmp_path, monkeypatch):
+def test_journal_is_off_and_absent_without_the_variable(tmp_path, short_dir, monkeypatch):
     monkeypatch.delenv("AURORA_NODE_SYNC_JOURNAL", raising=False)
-    address = "unix:%s/node.sock" % tempfile.mkdtemp(prefix="aur-")
+    address = "unix:%s/node.sock" % short_dir
     node = NodeProcess(str(tmp_path / "data"), address, "n1", "az1", LOG_FILE_BYTES,
                        log_path=str(tmp_path / "node.log")).start()
     try:
@@ -272,6 +271,6 @@ def test_journal_is_off_and_absent_without_the_variable(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_power_loss_soak(tmp_path, monkeypatch):
+def test_power_loss_soak(tmp_path, short_dir, monkeypatch):
     seed = int(os.environ.get("AURORA_CRASH_SEED", random.randrange(1 << 30)))
-    run_power_loss_cycles(tmp_path, monkeypatch, seed, cycles=30, modes=MODES, process_crash_first=True)
+    run_power_loss_cycles(tmp_path, short_dir, monkeypatch, seed, cycles=30, modes=MODES, process_crash_first=True)

@@ -4,6 +4,7 @@ Most tests run real `aurora node serve` processes on Unix sockets; the epoch rul
 scan and the durability hand-off are also checked in process on NodeCore."""
 import os
 import struct
+import shutil
 import tempfile
 import time
 
@@ -29,7 +30,7 @@ class Fleet:
     """Three node processes, each a member of volume 1 PG 0, each listing the others."""
 
     def __init__(self, tmp_path, count=3):
-        sockets = tempfile.mkdtemp(prefix="aur-")
+        self.sockets = sockets = tempfile.mkdtemp(prefix="aur-")
         for i in range(count):
             (tmp_path / ("n%d" % i)).mkdir()
         self.nodes = [NodeProcess(str(tmp_path / ("n%d" % i) / "data"), "unix:%s/n%d.sock" % (sockets, i),
@@ -57,6 +58,7 @@ class Fleet:
     def stop(self):
         for node in self.nodes:
             node.stop()
+        shutil.rmtree(self.sockets, ignore_errors=True)
 
 
 @pytest.fixture

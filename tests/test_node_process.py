@@ -22,16 +22,10 @@ PAGES_PER_PG = 64
 LOG_FILE_BYTES = 256 * 1024
 
 
-def short_socket_dir():
-    # Unix socket paths are limited to ~100 bytes; pytest's tmp_path can be longer.
-    import tempfile
-    return tempfile.mkdtemp(prefix="aur-")
-
-
 @pytest.fixture(params=["unix", "tcp"])
-def node(request, tmp_path):
+def node(request, tmp_path, short_dir):
     if request.param == "unix":
-        address = "unix:%s/node.sock" % short_socket_dir()
+        address = "unix:%s/node.sock" % short_dir
     else:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -53,8 +47,8 @@ def setup_segment(client, pg=0):
     return client.create_segment(pg, PAGE_SIZE, PAGES_PER_PG)
 
 
-def test_unix_socket_is_private(tmp_path):
-    socket_dir = os.path.join(short_socket_dir(), "private")
+def test_unix_socket_is_private(tmp_path, short_dir):
+    socket_dir = os.path.join(short_dir, "private")
     proc = NodeProcess(str(tmp_path / "data"), "unix:%s/node.sock" % socket_dir, "n1", "az1",
                        LOG_FILE_BYTES, log_path=str(tmp_path / "node.log")).start()
     try:
@@ -260,11 +254,11 @@ time.sleep(600)
 """
 
 
-def test_a_node_stops_when_the_process_that_started_it_dies(tmp_path):
+def test_a_node_stops_when_the_process_that_started_it_dies(tmp_path, short_dir):
     from aurora.node.process import _package_root
     script = tmp_path / "parent.py"
     script.write_text(PARENT_SCRIPT)
-    address = "unix:%s/orphan.sock" % short_socket_dir()
+    address = "unix:%s/orphan.sock" % short_dir
     parent = subprocess.Popen([sys.executable, str(script), str(tmp_path / "data"), address],
                               stdout=subprocess.PIPE, text=True, cwd=str(tmp_path),
                               env=dict(os.environ, PYTHONPATH=_package_root()))

@@ -8,14 +8,12 @@ TRUNCATE are idempotent, refuse a stale epoch, and never let a member hold the n
 epoch without the truncation; the simulator finds the old order (reads first) as a planted bug.
 """
 import random
-import struct
-import tempfile
 import threading
 import time
 
 import pytest
 
-from aurora import _native, errors, protocol as p, recovery
+from aurora import errors, protocol as p, recovery
 from aurora.cluster import Cluster
 from aurora.writer import meta_read, meta_write
 from aurora.node.core import TRUNCATION_ALL_PGS, TRUNCATION_ENTRY, NodeCore
@@ -87,8 +85,8 @@ class OldWriter:
 
 
 @pytest.fixture
-def cluster():
-    with Cluster.local(tempfile.mkdtemp(prefix="aur-"), log_file_bytes=LOG_FILE_BYTES,
+def cluster(short_dir):
+    with Cluster.local(short_dir, log_file_bytes=LOG_FILE_BYTES,
                        pages_per_pg=PAGES_PER_PG) as c:
         yield c
 

@@ -2,7 +2,6 @@
 from it, every way a ring notice can be wrong, and a writer on six local nodes using it."""
 import os
 import random
-import tempfile
 import time
 
 import pytest
@@ -112,8 +111,8 @@ def test_rings_of_dead_writers_are_swept(tmp_path):
 # ---- a real node ---------------------------------------------------------------------------
 
 @pytest.fixture
-def node(tmp_path):
-    address = "unix:%s/node.sock" % tempfile.mkdtemp(prefix="aur-")
+def node(tmp_path, short_dir):
+    address = "unix:%s/node.sock" % short_dir
     proc = NodeProcess(str(tmp_path / "data"), address, "n1", "az1", 256 * 1024,
                        log_path=str(tmp_path / "node.log"))
     proc.start()
