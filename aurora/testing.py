@@ -5,6 +5,7 @@ increasing, PG and page backlinks, CPL flags closing each mini-transaction) and 
 every page's content at every LSN, so a node's GetPage@LSN can be checked at any read point.
 """
 import random
+import threading
 import time
 
 from aurora import _native
@@ -21,6 +22,18 @@ def wait_for(predicate, what, deadline_s=60.0, poll_s=0.05):
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting for %s" % what)
         time.sleep(poll_s)
+
+
+def run_in_threads(count, target):
+    """Run ``target(t)`` for t in range(count), each on its own thread, all at once; the wall
+    time in seconds until the last one returned (the commit benchmarks drive a volume so)."""
+    pool = [threading.Thread(target=target, args=(t,)) for t in range(count)]
+    started = time.perf_counter()
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return time.perf_counter() - started
 
 
 def materialize_all(segment, max_pages=64):

@@ -19,6 +19,7 @@ import time
 import pytest
 
 from aurora.cluster import Cluster
+from aurora.testing import run_in_threads
 
 COMMITS_PER_THREAD = 200
 
@@ -55,13 +56,7 @@ def run_threads(threads, work, count=COMMITS_PER_THREAD):
         with lock:
             latencies.extend(mine)
 
-    started = time.perf_counter()
-    pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    return time.perf_counter() - started, sorted(latencies)
+    return run_in_threads(threads, worker), sorted(latencies)
 
 
 def report(benchmark, threads, seconds, latencies):

@@ -15,10 +15,10 @@ import random
 import shutil
 import sys
 import tempfile
-import threading
 import time
 
 from aurora.cluster import Cluster
+from aurora.testing import run_in_threads
 
 WARMUP_COMMITS = 50
 
@@ -54,13 +54,7 @@ def main(threads=16, seconds=8.0):
                 counts[t] = i
 
             before = [cpu_seconds(pid) for pid in pids]
-            started = time.perf_counter()
-            pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
-            for t in pool:
-                t.start()
-            for t in pool:
-                t.join()
-            elapsed = time.perf_counter() - started
+            elapsed = run_in_threads(threads, worker)
             after = [cpu_seconds(pid) for pid in pids]
             commits = sum(counts)
             total = [((a[0] - b[0]) + (a[1] - b[1])) / commits * 1e3 for a, b in zip(after, before)]
