@@ -846,6 +846,11 @@ class Volume:
         self.outbox = {}                      # pg -> deque of (APPEND, pg, batch) not yet taken
         self.fresh_pgs = {}                   # pg created by this writer -> bitmap of pages written
         self.highest_cpl = vdl
+        # The tracker starts every member at ``vdl`` before any of them has acknowledged
+        # anything; recovery fills in which members it saw holding each PG's recovered chain
+        # (pg -> node ids), so reads go to those first.  A member that acknowledges a record
+        # of this writer (SCL above ``vdl``) holds the chain below it too.
+        self.recovered_holders = {}
 
     def _recover(self, key):
         """Writer recovery (DESIGN.md invariant 6), with no redo replay, in three steps whose
@@ -891,12 +896,13 @@ class Volume:
                          truncations=self.meta["truncations"] + [[vdl, through]])
         have_epoch = self._raise_epoch(key, truncated, "recovery (truncating)")
         phases["truncate_s"], started = time.monotonic() - started, time.monotonic()
-        self._await_recovered_quorum(prev_lsn_pg, have_epoch)
+        holders = self._await_recovered_quorum(prev_lsn_pg, have_epoch)
         phases["await_quorum_s"] = time.monotonic() - started
         # Every LSN up to `through` is now durable or void, so the new writer starts there:
         # its VDL begins at `through` (LAL back-pressure counts from it) and its first record
         # is through + 1.
         self._start(vdl=through, next_lsn=through + 1, prev_lsn_pg=prev_lsn_pg)
+        self.recovered_holders = holders
         self.recovery = {"created": False, "base": base, "vcl": vcl, "vdl": vdl,
                          "records_listed": result.records_listed, "truncated": [vdl, through], "epoch": self.epoch,
                          "phases": phases}
@@ -1006,7 +1012,9 @@ class Volume:
 
         Members not in ``have_epoch`` (the truncation step returned without them) are sent
         SET_EPOCH again first: peers gossip only at equal epochs, so a recovered record held
-        only by a member still at an older epoch could not spread until it has the new one."""
+        only by a member still at an older epoch could not spread until it has the new one.
+
+        Returns {pg: node ids seen holding that PG's recovered chain} (a write quorum at least)."""
         deadline = time.monotonic() + self.commit_timeout
         have_epoch = set(have_epoch) if have_epoch is not None else None
         body = self._set_epoch_body()
@@ -1024,11 +1032,14 @@ class Volume:
                                            if scl >= prev_lsn_pg.get(pair[0], 0)}, WRITE_QUORUM)
 
             member_scls = collections.defaultdict(list)
-            for (pg, _), scl in self._per_node(pairs, scl_of, covered).items():
+            holders = collections.defaultdict(set)
+            for (pg, node_id), scl in self._per_node(pairs, scl_of, covered).items():
                 member_scls[pg].append(scl)
+                if scl >= prev_lsn_pg.get(pg, 0):
+                    holders[pg].add(node_id)
             behind = recovery.pgs_below_write_quorum(prev_lsn_pg, member_scls, WRITE_QUORUM)
             if not behind:
-                return
+                return dict(holders)
             if time.monotonic() >= deadline:
                 raise errors.QuorumLost(
                     "recovery: the recovered redo of PG %s is on fewer than %d members after %.1f s "
@@ -1423,12 +1434,18 @@ class Volume:
         read_lsn = self._pg_read_point(pg, read_lsn)
         scls = self.tracker.member_scls(pg)
         links = self.links
-        covered = sorted((n for i, n in enumerate(ids) if scls[i] >= read_lsn and links[n].connected),
+        start = self.tracker.start_lsn
+        holders = self.recovered_holders.get(pg)
+        # Covered: the member acknowledged a record of this writer at or above the read point,
+        # or it is one recovery saw holding the PG's chain (the tracker starts every member at
+        # the recovery's VDL, before any of them acknowledged anything).
+        covered = sorted((n for i, n in enumerate(ids)
+                          if scls[i] >= read_lsn and links[n].connected
+                          and (scls[i] > start or holders is None or n in holders)),
                          key=lambda n: links[n].latency_s)
-        # Every other member follows, connected ones first: the tracker's view can be wrong
-        # both ways.  Just after recovery it starts every member at the recovery's VDL, so all
-        # look covered, and the one link connected first may lack the recovered chain (the
-        # node refuses a read point above its SCL, and the next member is asked).  Reads use
+        # Every other member follows, connected ones first: the tracker's view can still be
+        # wrong (a member's segment can lose records after it acknowledged them, and a node
+        # refuses a read point above its SCL, so the next member is asked).  Reads use
         # connections of their own, so a member whose link is still connecting is asked too.
         rest = sorted((n for n in ids if n not in covered),
                       key=lambda n: (not links[n].connected, links[n].latency_s))

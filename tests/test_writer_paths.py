@@ -6,6 +6,7 @@ import random
 import pytest
 
 from aurora.cluster import Cluster
+from aurora.testing import wait_for
 
 pytestmark = pytest.mark.process
 
@@ -52,10 +53,9 @@ def test_new_pages_of_a_fresh_pg_need_no_read_and_read_back_after_recovery(tmp_p
 
 
 def test_a_read_asks_every_member_in_the_end_covered_and_connected_first(tmp_path):
-    """The tracker starts every member at the recovery's VDL, so right after recovery all look
-    covered; when the only link connected so far lacks the recovered chain, its refusal must
-    not end the read (test_recovery_fencing failed once so: 'read point 59 above SCL 56',
-    only node-1 asked).  Every member is a candidate: covered and connected ones first."""
+    """A member the writer counts as covered can still refuse (test_recovery_fencing failed
+    once so: 'read point 59 above SCL 56', only node-1 asked); its refusal must not end the
+    read.  Every member is a candidate: covered and connected ones first."""
     with Cluster.local(str(tmp_path / "fleet"), log_file_bytes=1 << 20) as cluster:
         volume = cluster.open_volume("order", pages_per_pg=64)
         volume.write(5, b"x" * 100)
@@ -75,6 +75,54 @@ def test_a_read_asks_every_member_in_the_end_covered_and_connected_first(tmp_pat
         volume.pool.pages.clear()
         assert volume.read(5)[:100] == b"x" * 100
         assert sorted(asked[0]) == sorted(ids) and asked[0][0] == lone
+        volume.close()
+
+
+def spy_on_candidates(volume):
+    """The candidate lists ``volume``'s uncached reads are given, in order, appended to a list."""
+    asked = []
+    real = volume._hedged_read
+
+    def spy(pg, page_no, read_lsn, candidates):
+        asked.append(list(candidates))
+        return real(pg, page_no, read_lsn, candidates)
+
+    volume._hedged_read = spy
+    return asked
+
+
+def test_after_recovery_reads_go_first_to_members_seen_holding_the_chain(tmp_path):
+    """The tracker starts every member at the recovery's VDL before any has acknowledged
+    anything; a member recovery did not see holding a PG's chain is not taken as covered
+    (only asked after the others) until it acknowledges a record of the new writer."""
+    with Cluster.local(str(tmp_path / "fleet"), log_file_bytes=1 << 20) as cluster:
+        first = cluster.open_volume("holders", pages_per_pg=64)
+        first.write(5, b"y" * 100)
+        first.commit()
+        first.close()
+        volume = cluster.open_volume("holders")                     # recovery
+        ids = volume.members[0]
+        holders = volume.recovered_holders[0]
+        assert len(holders) >= 4 and holders <= set(ids), holders
+        wait_for(lambda: all(volume.links[n].connected for n in ids), "every member link connected")
+        only, fast = ids[3], ids[0]
+        volume.recovered_holders[0] = {only}     # as if recovery had seen only one holder
+        for node_id in ids:
+            volume.links[node_id].latency_s = 0.01
+        volume.links[fast].latency_s = 0.0      # the one a latency order alone would pick
+        asked = spy_on_candidates(volume)
+        volume.pool.pages.clear()
+        assert volume.read(5)[:100] == b"y" * 100
+        assert asked[0][0] == only and sorted(asked[0]) == sorted(ids), asked[0]
+        # Once every member has acknowledged a record of this writer, each counts as covered.
+        volume.write(6, b"z" * 100)
+        volume.commit()
+        start = volume.tracker.start_lsn
+        wait_for(lambda: min(volume.tracker.member_scls(0)) > start, "every member's acknowledgement")
+        volume.links[fast].latency_s = 0.0
+        volume.pool.pages.clear()
+        assert volume.read(5)[:100] == b"y" * 100
+        assert asked[-1][0] == fast, asked[-1]
         volume.close()
 
 
