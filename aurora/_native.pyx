@@ -5,6 +5,7 @@
 include "_status.pxi"
 include "_crc32c.pxi"
 include "_record.pxi"
+include "_node.pxi"
 include "_page.pxi"
 include "_quorum.pxi"
 include "_vfs.pxi"

@@ -251,6 +251,18 @@ class NodeCore:
     # ---- requests ----------------------------------------------------------------------
 
     def _append(self, frame):
+        # A live batch is a few records: decoded into C memory and appended by the native
+        # fast path (aurora/_node.pxi), no numpy array or Python object per record.
+        batch = _native.decode_small_batch(frame.body)
+        if batch is not None:
+            volume = self._volume(batch.volume_id)
+            segment = self._segment(volume, batch.pg)
+            self._check_epoch(volume, batch.volume_epoch, "APPEND")
+            self._check_membership(segment, batch.membership_epoch, "APPEND")
+            segment.append_small(frame.body, batch)
+            body = p.ACK_BODY.pack(batch.pg, 0, segment.scl, batch.last_lsn)
+            return self._reply(frame, p.FRAME_ACK, body, volume, after_sync=True,
+                               membership_epoch=segment.membership_epoch)
         header, recs = _native.decode_batch(frame.body)
         volume = self._volume(header.volume_id)
         segment = self._segment(volume, header.pg)

@@ -685,6 +685,29 @@ class Segment:
             payload_bytes = int(lengths.sum())
         return self._append_runs(memoryview(buf), recs, rows, fresh, offsets, lengths, payload_bytes)
 
+    def append_small(self, buf, batch):
+        """append() for a batch decoded by _native.decode_small_batch: the same checks
+        (check_batch) and the same result.  The common case -- every record new, the batch
+        fitting in the current log file -- is one copy and one native indexing call; any other
+        batch goes through the row path of append()."""
+        _native.small_batch_check(batch, self.pg, self.pages_per_pg, self.page_size)
+        first = batch.first_offset
+        end = batch.end_offset
+        if (self.files and self.files[-1].room() >= end - first
+                and _native.small_batch_all_fresh(batch, self.records, self.state["gc_lsn"],
+                                                  self.state["truncations"])):
+            log = self.files[-1]
+            at = log.append(memoryview(buf)[first:end])
+            self._dirty_files.add(log)
+            added = _native.small_batch_index(batch, self, log, at - first)
+            if added:
+                self._advance_scl()
+            return added
+        # Duplicates, truncated or collected LSNs, or a new log file: the general path, with
+        # the rows it reads (the same values decode_batch gives).
+        _, recs = _native.decode_batch(buf)
+        return self.append(buf, recs, batch.tolist())
+
     def _append_runs(self, view, recs, rows, fresh, offsets, lengths, payload_bytes):
         """append()'s one decision, for rows and columns alike: a contiguous batch of only new
         records that fits in one log file is one copy; anything else is copied record by
