@@ -494,11 +494,13 @@ class NodeCore:
 
     # ---- background work ---------------------------------------------------------------
 
-    def background_step(self, materialize_pages=64, scrub_bytes=256 * 1024, gc=False, gc_pages=GC_PAGES_PER_STEP):
+    def background_step(self, materialize_pages=64, scrub_bytes=256 * 1024, gc=False, gc_pages=GC_PAGES_PER_STEP,
+                        start_passes=True):
         """One bounded slice of background work over every segment: materialization, scrub
         and, with ``gc``, garbage collection.  Returns the work done (records folded, versions
         dropped, log files deleted); ``gc_pending`` tells whether GC left work for the next
-        slice (a log file half taken out of the index)."""
+        slice (a log file half taken out of the index).  ``start_passes`` false lets passes
+        under way go on without beginning new ones (Segment.materialize_step)."""
         work = 0
         pending = False
         busy = False
@@ -508,7 +510,7 @@ class NodeCore:
                 # One segment's failure must not stop the others' background work: it is
                 # raised after every segment had its slice.
                 try:
-                    work += segment.materialize_step(materialize_pages)
+                    work += segment.materialize_step(materialize_pages, start_pass=start_passes)
                     if scrub_bytes:
                         segment.scrub_step(scrub_bytes)
                     if gc:

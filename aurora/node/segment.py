@@ -1167,7 +1167,7 @@ class Segment:
 
     # ---- background work (bounded steps, never on the ack path) ---------------------------
 
-    def materialize_step(self, max_pages, max_records=MATERIALIZE_RECORDS_PER_STEP):
+    def materialize_step(self, max_pages, max_records=MATERIALIZE_RECORDS_PER_STEP, start_pass=True):
         """Materialize up to ``max_pages`` pages (folding about ``max_records`` records at
         most) at the current pass's target LSN.  Returns the number of records folded into
         new page versions.
@@ -1176,9 +1176,13 @@ class Segment:
         version that includes its records up to the target, the versions are synced and
         ``materialized_lsn`` moves to the target.  A page whose records or base version fail
         their checks (reported by _build) stays dirty and keeps the pass from counting as
-        complete: GC deletes log files on the strength of ``materialized_lsn`` alone."""
+        complete: GC deletes log files on the strength of ``materialized_lsn`` alone.
+
+        With ``start_pass`` false a pass under way goes on but no new one begins: the
+        driver spaces passes out, so a page changed by many commits in between gets one new
+        version instead of one per pass."""
         if self._pass is None:
-            if not self._dirty_pages:
+            if not self._dirty_pages or not start_pass:
                 return 0
             # Any order will do, so no sort: a pass after a restart covers every page with
             # records in the log.
