@@ -12,8 +12,13 @@
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem, PyDict_Contains
 from cpython.list cimport PyList_Append, PyList_GET_SIZE, PyList_GET_ITEM
 from cpython.ref cimport PyObject
+from cpython.mem cimport PyMem_Malloc
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from bisect import insort as _bisect_insort
+
+cdef extern from "record.h" nogil:
+    int aur_record_check(const uint8_t *buf, size_t avail, uint64_t base, aur_record_view *view,
+                         size_t *error_offset)
 
 # Batches of up to this many records take the fast path; it must not exceed
 # segment.SMALL_INDEX_RECORDS, the bound of the row path it stands in for.
@@ -227,3 +232,94 @@ def small_batch_index(SmallBatch batch, segment, log, int64_t shift):
     else:
         segment._insert_sorted(added)
     return n
+
+
+cdef enum:
+    LOCATION_OFFSET_MASK_BITS = 40
+
+
+def apply_log_chain(page, uint64_t page_lsn, list lsns, dict records, dict files_by_seq):
+    """Apply the held records ``lsns`` (a slice of one page's chain, ascending) to ``page`` (a
+    writable buffer of one page at ``page_lsn``), each read from its log file's mapping and
+    fully re-checked (CRC included) first, as Segment._build does in Python.  Returns the
+    page's new LSN, or None when anything is not as expected -- an LSN not in ``records``
+    (LSN -> log sequence << 40 | offset), a log file not in ``files_by_seq``, a record out of
+    bounds, failing a check or not the LSN indexed, a chain that does not apply -- and then
+    ``page`` may be partly changed: the caller rebuilds it on the checked Python path, which
+    reports exactly what failed.  ValueError if ``page`` is not a page-sized buffer."""
+    cdef Py_ssize_t n = len(lsns), i, held = 0
+    cdef Py_buffer page_view
+    cdef Py_buffer *views = NULL
+    cdef uint8_t *types = NULL
+    cdef uint64_t *chain_lsns = NULL
+    cdef uint64_t *prevs = NULL
+    cdef const uint8_t **payloads = NULL
+    cdef uint32_t *lengths = NULL
+    cdef aur_record_view record
+    cdef size_t error_offset = 0
+    cdef uint64_t packed, offset, lsn_now = page_lsn
+    cdef uint32_t applied = 0
+    cdef int rc
+    cdef bint ok = True
+    PyObject_GetBuffer(page, &page_view, PyBUF_WRITABLE | PyBUF_ANY_CONTIGUOUS)
+    try:
+        _page_size_check(page_view.len, "apply_log_chain")
+        if n == 0:
+            return page_lsn
+        views = <Py_buffer *>PyMem_Malloc(n * sizeof(Py_buffer))
+        types = <uint8_t *>PyMem_Malloc(n * sizeof(uint8_t))
+        chain_lsns = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
+        prevs = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
+        payloads = <const uint8_t **>PyMem_Malloc(n * sizeof(uint8_t *))
+        lengths = <uint32_t *>PyMem_Malloc(n * sizeof(uint32_t))
+        if (views == NULL or types == NULL or chain_lsns == NULL or prevs == NULL
+                or payloads == NULL or lengths == NULL):
+            raise MemoryError()
+        for i in range(n):
+            lsn = lsns[i]
+            location = records.get(lsn)
+            if location is None:
+                ok = False
+                break
+            packed = location
+            log = files_by_seq.get(packed >> LOCATION_OFFSET_MASK_BITS)
+            if log is None:
+                ok = False
+                break
+            offset = packed & ((<uint64_t>1 << LOCATION_OFFSET_MASK_BITS) - 1)
+            try:
+                PyObject_GetBuffer(log.mm, &views[held], PyBUF_SIMPLE)
+            except (ValueError, BufferError, TypeError):   # a closed mapping
+                ok = False
+                break
+            held += 1
+            if offset >= <uint64_t>views[i].len:
+                ok = False
+                break
+            rc = aur_record_check(<const uint8_t *>views[i].buf + offset, <size_t>views[i].len - offset,
+                                  offset, &record, &error_offset)
+            if rc != AUR_OK or record.lsn != <uint64_t>lsn:
+                ok = False
+                break
+            types[i] = record.type
+            chain_lsns[i] = record.lsn
+            prevs[i] = record.prev_lsn_page
+            payloads[i] = <const uint8_t *>views[i].buf + offset + AUR_RECORD_HEADER_SIZE
+            lengths[i] = record.payload_length
+        if not ok:
+            return None
+        rc = aur_page_apply_chain(<uint8_t *>page_view.buf, <uint32_t>page_view.len, &lsn_now,
+                                  <uint32_t>n, types, chain_lsns, prevs, payloads, lengths, &applied)
+        if rc != AUR_OK:
+            return None
+        return lsn_now
+    finally:
+        for i in range(held):
+            PyBuffer_Release(&views[i])
+        PyMem_Free(views)
+        PyMem_Free(types)
+        PyMem_Free(chain_lsns)
+        PyMem_Free(prevs)
+        PyMem_Free(payloads)
+        PyMem_Free(lengths)
+        PyBuffer_Release(&page_view)

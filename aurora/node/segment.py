@@ -849,7 +849,31 @@ class Segment:
 
     def _build(self, page_no, read_lsn):
         """The page after every record <= read_lsn, from its newest version at or below
-        read_lsn plus its chain (callers check the read point)."""
+        read_lsn plus its chain (callers check the read point).
+
+        The chain is read, re-checked and applied by one native call; when it finds anything
+        amiss (a record failing its CRC, a chain that does not apply) the page is built again
+        on the checked path below, which reports and raises exactly as before."""
+        base = self.pages.newest(page_no, read_lsn)
+        if base is None:
+            page = bytearray(self.page_size)
+            page_lsn = 0
+        else:
+            page = bytearray(self.pages.read(base[1], page_no))
+            page_lsn = base[0]
+        chain = self.page_chains.get(page_no, ())
+        lo = bisect.bisect_right(chain, page_lsn)
+        hi = bisect.bisect_right(chain, read_lsn)
+        if hi <= lo:
+            return bytes(page), page_lsn
+        built = _native.apply_log_chain(page, page_lsn, chain[lo:hi], self.records, self.files_by_seq)
+        if built is not None:
+            return bytes(page), built
+        return self._build_checked(page_no, read_lsn)
+
+    def _build_checked(self, page_no, read_lsn):
+        """_build record by record in Python: the reference, and the path that reports a
+        damaged record (and marks it for repair) before raising."""
         base = self.pages.newest(page_no, read_lsn)
         if base is None:
             page = bytearray(self.page_size)
