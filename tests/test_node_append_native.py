@@ -242,3 +242,23 @@ def test_apply_log_chain_declines_what_it_cannot_vouch_for(tmp_path):
         segment._build(page_no, chain[-1])
     assert chain[-1] in segment.damaged_lsns
     segment.close()
+
+
+def test_encode_ack_frame_is_byte_for_byte_protocol_encode_frame():
+    from aurora import protocol as p
+    rng = random.Random(7)
+    cases = [(1, 1, 1, 0, 0, 0, 1), (2 ** 32 - 1, 2 ** 64 - 1, 2 ** 64 - 1, 2 ** 64 - 1, 2 ** 32 - 1, 2 ** 64 - 1, 2 ** 64 - 1)]
+    cases += [(rng.getrandbits(32), rng.getrandbits(64), rng.getrandbits(64), rng.getrandbits(64), rng.getrandbits(32),
+               rng.getrandbits(64), rng.getrandbits(64)) for _ in range(200)]
+    for request_id, volume_id, volume_epoch, membership_epoch, pg, scl, last_lsn in cases:
+        expected = p.encode_frame(p.FRAME_ACK, p.ACK_BODY.pack(pg, 0, scl, last_lsn), request_id, volume_id,
+                                  volume_epoch, membership_epoch)
+        got = _native.encode_ack_frame(p.FRAME_ACK, request_id, volume_id, volume_epoch, membership_epoch, pg,
+                                       scl, last_lsn)
+        assert got == expected
+    frame = p.decode_frame(got)
+    assert frame.type == p.FRAME_ACK and p.ACK_BODY.unpack(frame.body) == (pg, 0, scl, last_lsn)
+    with pytest.raises(OverflowError):
+        _native.encode_ack_frame(p.FRAME_ACK, 2 ** 32, 1, 1, 0, 0, 0, 1)
+    with pytest.raises(OverflowError):
+        _native.encode_ack_frame(p.FRAME_ACK, 1, 1, 1, 0, 0, -1, 1)

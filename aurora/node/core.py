@@ -260,9 +260,10 @@ class NodeCore:
             self._check_epoch(volume, batch.volume_epoch, "APPEND")
             self._check_membership(segment, batch.membership_epoch, "APPEND")
             segment.append_small(frame.body, batch)
-            body = p.ACK_BODY.pack(batch.pg, 0, segment.scl, batch.last_lsn)
-            return self._reply(frame, p.FRAME_ACK, body, volume, after_sync=True,
-                               membership_epoch=segment.membership_epoch)
+            # The same bytes as _reply(frame, FRAME_ACK, ACK_BODY.pack(...)), built natively.
+            return Reply(_native.encode_ack_frame(p.FRAME_ACK, frame.request_id, frame.volume_id, volume.epoch,
+                                                  segment.membership_epoch, batch.pg, segment.scl,
+                                                  batch.last_lsn), True)
         header, recs = _native.decode_batch(frame.body)
         volume = self._volume(header.volume_id)
         segment = self._segment(volume, header.pg)
