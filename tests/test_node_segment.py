@@ -1,5 +1,6 @@
 """The segment log, index, page store and background work, in process, on real files."""
 import os
+import time
 import pytest
 
 from aurora import _native, errors
@@ -100,6 +101,28 @@ def test_materialize_gc_and_low_water_mark(tmp_path):
     segment.close()
     segment = open_segment(tmp_path / "seg")
     assert_reads_match(segment, workload, [lwm, segment.scl])
+    segment.close()
+
+
+def test_materialize_step_without_start_pass_finishes_a_pass_but_begins_none(tmp_path):
+    # The server spaces passes out (MATERIALIZE_PASS_INTERVAL_S) with start_pass=False.
+    workload = RedoWorkload(page_size=PAGE_SIZE, pages_per_pg=PAGES_PER_PG, seed=9)
+    segment = open_segment(tmp_path / "seg")
+    feed(segment, workload, workload.records(16))
+    assert segment.materialize_step(64, start_pass=False) == 0
+    assert not segment.materialize_pending() and segment.materialized_lsn == 0
+    assert segment.materialize_step(1) > 0          # a pass begins with one page
+    target = segment.scl
+    while segment.materialize_pending():           # ... and goes on without start_pass
+        segment.materialize_step(1, start_pass=False)
+        time.sleep(0.0005)
+    assert segment.materialized_lsn == target
+    feed(segment, workload, workload.records(8))
+    assert segment.materialize_step(64, start_pass=False) == 0
+    assert not segment.materialize_pending() and segment.materialized_lsn == target
+    materialize_all(segment)
+    assert segment.materialized_lsn == segment.scl > target
+    assert_reads_match(segment, workload, [target, segment.scl])
     segment.close()
 
 

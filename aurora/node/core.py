@@ -251,6 +251,19 @@ class NodeCore:
     # ---- requests ----------------------------------------------------------------------
 
     def _append(self, frame):
+        # A live batch is a few records: decoded into C memory and appended by the native
+        # fast path (aurora/_node.pxi), no numpy array or Python object per record.
+        batch = _native.decode_small_batch(frame.body)
+        if batch is not None:
+            volume = self._volume(batch.volume_id)
+            segment = self._segment(volume, batch.pg)
+            self._check_epoch(volume, batch.volume_epoch, "APPEND")
+            self._check_membership(segment, batch.membership_epoch, "APPEND")
+            segment.append_small(frame.body, batch)
+            # The same bytes as _reply(frame, FRAME_ACK, ACK_BODY.pack(...)), built natively.
+            return Reply(_native.encode_ack_frame(p.FRAME_ACK, frame.request_id, frame.volume_id, volume.epoch,
+                                                  segment.membership_epoch, batch.pg, segment.scl,
+                                                  batch.last_lsn), True)
         header, recs = _native.decode_batch(frame.body)
         volume = self._volume(header.volume_id)
         segment = self._segment(volume, header.pg)
@@ -482,11 +495,13 @@ class NodeCore:
 
     # ---- background work ---------------------------------------------------------------
 
-    def background_step(self, materialize_pages=64, scrub_bytes=256 * 1024, gc=False, gc_pages=GC_PAGES_PER_STEP):
+    def background_step(self, materialize_pages=64, scrub_bytes=256 * 1024, gc=False, gc_pages=GC_PAGES_PER_STEP,
+                        start_passes=True):
         """One bounded slice of background work over every segment: materialization, scrub
         and, with ``gc``, garbage collection.  Returns the work done (records folded, versions
         dropped, log files deleted); ``gc_pending`` tells whether GC left work for the next
-        slice (a log file half taken out of the index)."""
+        slice (a log file half taken out of the index).  ``start_passes`` false lets passes
+        under way go on without beginning new ones (Segment.materialize_step)."""
         work = 0
         pending = False
         busy = False
@@ -496,7 +511,7 @@ class NodeCore:
                 # One segment's failure must not stop the others' background work: it is
                 # raised after every segment had its slice.
                 try:
-                    work += segment.materialize_step(materialize_pages)
+                    work += segment.materialize_step(materialize_pages, start_pass=start_passes)
                     if scrub_bytes:
                         segment.scrub_step(scrub_bytes)
                     if gc:

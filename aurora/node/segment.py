@@ -685,6 +685,29 @@ class Segment:
             payload_bytes = int(lengths.sum())
         return self._append_runs(memoryview(buf), recs, rows, fresh, offsets, lengths, payload_bytes)
 
+    def append_small(self, buf, batch):
+        """append() for a batch decoded by _native.decode_small_batch: the same checks
+        (check_batch) and the same result.  The common case -- every record new, the batch
+        fitting in the current log file -- is one copy and one native indexing call; any other
+        batch goes through the row path of append()."""
+        _native.small_batch_check(batch, self.pg, self.pages_per_pg, self.page_size)
+        first = batch.first_offset
+        end = batch.end_offset
+        if (self.files and self.files[-1].room() >= end - first
+                and _native.small_batch_all_fresh(batch, self.records, self.state["gc_lsn"],
+                                                  self.state["truncations"])):
+            log = self.files[-1]
+            at = log.append(memoryview(buf)[first:end])
+            self._dirty_files.add(log)
+            added = _native.small_batch_index(batch, self, log, at - first)
+            if added:
+                self._advance_scl()
+            return added
+        # Duplicates, truncated or collected LSNs, or a new log file: the general path, with
+        # the rows it reads (the same values decode_batch gives).
+        _, recs = _native.decode_batch(buf)
+        return self.append(buf, recs, batch.tolist())
+
     def _append_runs(self, view, recs, rows, fresh, offsets, lengths, payload_bytes):
         """append()'s one decision, for rows and columns alike: a contiguous batch of only new
         records that fits in one log file is one copy; anything else is copied record by
@@ -826,7 +849,31 @@ class Segment:
 
     def _build(self, page_no, read_lsn):
         """The page after every record <= read_lsn, from its newest version at or below
-        read_lsn plus its chain (callers check the read point)."""
+        read_lsn plus its chain (callers check the read point).
+
+        The chain is read, re-checked and applied by one native call; when it finds anything
+        amiss (a record failing its CRC, a chain that does not apply) the page is built again
+        on the checked path below, which reports and raises exactly as before."""
+        base = self.pages.newest(page_no, read_lsn)
+        if base is None:
+            page = bytearray(self.page_size)
+            page_lsn = 0
+        else:
+            page = bytearray(self.pages.read(base[1], page_no))
+            page_lsn = base[0]
+        chain = self.page_chains.get(page_no, ())
+        lo = bisect.bisect_right(chain, page_lsn)
+        hi = bisect.bisect_right(chain, read_lsn)
+        if hi <= lo:
+            return bytes(page), page_lsn
+        built = _native.apply_log_chain(page, page_lsn, chain[lo:hi], self.records, self.files_by_seq)
+        if built is not None:
+            return bytes(page), built
+        return self._build_checked(page_no, read_lsn)
+
+    def _build_checked(self, page_no, read_lsn):
+        """_build record by record in Python: the reference, and the path that reports a
+        damaged record (and marks it for repair) before raising."""
         base = self.pages.newest(page_no, read_lsn)
         if base is None:
             page = bytearray(self.page_size)
@@ -1144,7 +1191,7 @@ class Segment:
 
     # ---- background work (bounded steps, never on the ack path) ---------------------------
 
-    def materialize_step(self, max_pages, max_records=MATERIALIZE_RECORDS_PER_STEP):
+    def materialize_step(self, max_pages, max_records=MATERIALIZE_RECORDS_PER_STEP, start_pass=True):
         """Materialize up to ``max_pages`` pages (folding about ``max_records`` records at
         most) at the current pass's target LSN.  Returns the number of records folded into
         new page versions.
@@ -1153,9 +1200,13 @@ class Segment:
         version that includes its records up to the target, the versions are synced and
         ``materialized_lsn`` moves to the target.  A page whose records or base version fail
         their checks (reported by _build) stays dirty and keeps the pass from counting as
-        complete: GC deletes log files on the strength of ``materialized_lsn`` alone."""
+        complete: GC deletes log files on the strength of ``materialized_lsn`` alone.
+
+        With ``start_pass`` false a pass under way goes on but no new one begins: the
+        driver spaces passes out, so a page changed by many commits in between gets one new
+        version instead of one per pass."""
         if self._pass is None:
-            if not self._dirty_pages:
+            if not self._dirty_pages or not start_pass:
                 return 0
             # Any order will do, so no sort: a pass after a restart covers every page with
             # records in the log.
