@@ -1389,18 +1389,45 @@ class Volume:
                 if written is not None:    # after _ensure_pg: a PG created for this MTR is fresh
                     index = r[1] % self.pages_per_pg
                     written[index >> 3] |= 1 << (index & 7)
-            images = {r[1]: r[4] for r in records}
-            cpl, batches = recovery.build_mtr_batches([(pg, page_no, rtype, payload, old_lsn)
-                                                       for pg, page_no, rtype, payload, _, old_lsn in records],
-                                                      self.next_lsn, self.prev_lsn_pg)
-            for b in batches:
-                for lsn, page_no in zip(b.lsns, b.page_nos):
-                    self.pool.put(page_no, images[page_no], lsn, self.tracker.vdl)
-                batch = recovery.encode_mtr_batch(self.volume_id, self.epoch, self.membership_epoch, b)
-                self.tracker.sent(b.pg, np.array(b.lsns, dtype=np.uint64),
-                                  np.array([f & _native.FLAG_CPL for f in b.flags], dtype=np.uint8))
-                self._remember_range(b.pg, b.lsns[0], b.lsns[-1])
-                self._ship(b.pg, b.lsns[0], b.lsns[-1], batch)
+            # One batch per PG run, encoded and registered with the tracker by one native call
+            # (log_pg_run), without the numpy columns encode_batch and sent would build.
+            tracker = self.tracker
+            vdl = tracker.vdl      # read once: a lower VDL only keeps more pages (invariant 7)
+            first = self.next_lsn
+            cpl = first + count - 1
+            start = 0
+            # Bounded by count: every pass takes at least one record.
+            while start < count:
+                pg = records[start][0]
+                end = start + 1
+                while end < count and records[end][0] == pg:
+                    end += 1
+                run = records[start:end]
+                last = first + (end - start) - 1
+                page_nos = [r[1] for r in run]
+                types = [r[2] for r in run]
+                payloads = [r[3] for r in run]
+                prev_lsn_page = [r[5] for r in run]
+                prev_lsn_pg = self.prev_lsn_pg.get(pg, 0)
+                if end - start <= _native.PG_RUN_RECORDS_MAX:
+                    batch = _native.log_pg_run(tracker, self.volume_id, pg, self.epoch,
+                                               self.membership_epoch, first, prev_lsn_pg, page_nos,
+                                               types, prev_lsn_page, payloads, last == cpl)
+                else:
+                    lsns = list(range(first, last + 1))
+                    flags = [0] * (end - start - 1) + [_native.FLAG_CPL if last == cpl else 0]
+                    batch = _native.encode_batch(self.volume_id, pg, self.epoch, self.membership_epoch,
+                                                 lsns, [prev_lsn_pg] + lsns[:-1], prev_lsn_page,
+                                                 page_nos, types, flags, payloads)
+                    tracker.sent(pg, np.array(lsns, dtype=np.uint64),
+                                 np.array([f != 0 for f in flags], dtype=np.uint8))
+                self.prev_lsn_pg[pg] = last
+                for k, r in enumerate(run):
+                    self.pool.put(r[1], r[4], first + k, vdl)
+                self._remember_range(pg, first, last)
+                self._ship(pg, first, last, batch)
+                first = last + 1
+                start = end
             lsn = cpl + 1
             self.next_lsn = lsn
             self.highest_cpl = cpl
