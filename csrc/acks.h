@@ -43,8 +43,11 @@
 #define AUR_ACKS_COMPLETED_MAX 4096u
 /* (connection, PG) -> member index entries. */
 #define AUR_ACKS_MEMBERS_MAX (1u << 24)
-/* poll() rounds one aur_acks_run makes before it returns AUR_ACKS_EVENT_TIMEOUT anyway. */
-#define AUR_ACKS_POLLS_MAX 4096u
+/* poll() rounds one aur_acks_run makes before it returns AUR_ACKS_EVENT_TIMEOUT anyway: when
+ * no boxcar is held (a few committers) nothing else brings the receiver back to Python, and
+ * the ACKs' bookkeeping (ring slots, retained redo) should not wait for thousands of them.
+ * One return per 64 wake-ups costs the GIL once per ~10 commits. */
+#define AUR_ACKS_POLLS_MAX 64u
 
 static_assert(AUR_FRAME_ACK_BYTES <= AUR_ACKS_BUFFER_BYTES, "an ACK fits a receive buffer");
 static_assert(AUR_ACKS_BUFFER_BYTES < AUR_FRAME_LENGTH_MAX, "bigger frames exist");
