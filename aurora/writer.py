@@ -815,14 +815,20 @@ class LinkPump:
         and the member's SCL may let retained redo go."""
         links = self.links
         ring = self.volume.ring
-        acked = self.volume._acked
+        highest = {}            # pg -> highest SCL among these ACKs
         for i, request_id, pg, scl in acks:
             link = links[i]
             link.inflight.pop(request_id, None)
             slot = link.ring_refs.pop(request_id, None)
             if slot is not None:
                 ring.release(slot)
-            acked(link, pg, scl)
+            if scl > link.acked_scl.get(pg, 0):
+                link.acked_scl[pg] = scl
+            if scl > highest.get(pg, 0):
+                highest[pg] = scl
+        # Retained redo once per PG, not once per ACK: six ACKs of a boxcar made six passes.
+        for pg, scl in highest.items():
+            self.volume._trim_if_covered(pg, scl)
 
     def _watch(self, watched, wanted):
         """Make the selector watch exactly the sockets in ``wanted`` (link -> socket)."""
@@ -1481,8 +1487,8 @@ class Volume:
         return frames
 
     def _on_ack(self, link, pg, scl):
-        """An ACK received in Python (the native receiver feeds the tracker itself and calls
-        only _acked)."""
+        """An ACK received in Python (the native receiver feeds the tracker itself and does
+        this bookkeeping in LinkPump._acks_done)."""
         index = self.member_index.get(pg, {}).get(link.node_id)
         if index is None or self._fenced:
             if scl > link.acked_scl.get(pg, 0):
@@ -1502,6 +1508,9 @@ class Volume:
         now holds."""
         if scl > link.acked_scl.get(pg, 0):
             link.acked_scl[pg] = scl
+        self._trim_if_covered(pg, scl)
+
+    def _trim_if_covered(self, pg, scl):
         if self._fenced:
             return
         retained = self.retained.get(pg)

@@ -167,10 +167,12 @@ int aur_acks_set_link(aur_acks *rx, uint32_t link, int fd, int python) {
         l->buffer = malloc(AUR_ACKS_BUFFER_BYTES);
         if (l->buffer == NULL) return AUR_E_NOMEM;
     }
+    /* A new connection counts its bytes from 0; the same one (a return from Python mode)
+     * keeps counting, so error offsets stay offsets in the connection's stream. */
+    if (l->fd != fd) l->received = 0;
     l->fd = fd;
     l->python = python != 0;
     l->used = 0;
-    l->received = 0;
     return AUR_OK;
 }
 

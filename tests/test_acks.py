@@ -301,3 +301,28 @@ def test_a_malformed_frame_from_a_node_drops_that_connection_and_commits_go_on(t
             volume.commit()
         wait_for(lambda: link.connected, "the link to reconnect", 30)
         volume.close()
+
+
+def test_error_offsets_count_from_the_start_of_the_connection_across_python_hand_offs():
+    tracker = _native.QuorumTracker(6, 4, 0)
+    tracker.sent(0, [1, 2, 3])
+    rx = _native.AckReceiver(1, tracker)
+    ours, theirs = socket.socketpair()
+    try:
+        rx.set_link(0, ours.fileno())
+        rx.set_member(0, 0, 0)
+        theirs.sendall(ack(0, 2) + ok_frame())
+        assert rx.run(-1, 0)[:2] == (_native.ACKS_EVENT_PYTHON, 0)
+        assert rx.take_buffer(0) == ok_frame()
+        rx.set_link(0, ours.fileno())             # the caller handled it: the same connection
+        bad = bytearray(ack(0, 3))
+        bad[60] ^= 0x10
+        theirs.sendall(ack(0, 3) + bytes(bad))
+        kind, link, code, offset = rx.run(-1, 0)
+        assert (kind, link) == (_native.ACKS_EVENT_BAD, 0)
+        assert offset == 64 + len(ok_frame()) + 64
+        assert tracker.scl(0, 0) == 3
+    finally:
+        rx.set_link(0, -1)
+        ours.close()
+        theirs.close()
