@@ -70,6 +70,9 @@ OPEN_ATTEMPTS = 5                         # opens retried after another writer's
 RECV_BYTES = 1 << 20
 BOXCAR_BYTES_MAX = 8 * 1024 * 1024         # largest batch the sender makes by merging
 APPEND_WINDOW = int(os.environ.get("AURORA_APPEND_WINDOW", "1"))  # boxcars per PG awaiting a quorum
+# ACKs are received in C without the GIL (csrc/acks.h) unless a link uses TLS or
+# AURORA_NATIVE_ACKS=0 asks for the Python receive loop.
+NATIVE_ACKS = os.environ.get("AURORA_NATIVE_ACKS", "1") != "0"
 
 
 # ---- quorum round trips that do not wait for stragglers ---------------------------------------
@@ -313,8 +316,14 @@ class LinkPump:
         # descriptor is never closed (and its number reused) in the middle of a round's send.
         self.io_lock = threading.Lock()
         self.held = False                    # a PG's batches wait for its window to open
+        # The native receive path (csrc/acks.h) serves plain sockets only: TLS needs Python.
+        self.acks = None
+        if NATIVE_ACKS and len(self.links) <= _native.ACKS_LINKS_MAX and \
+                all(link.tls is None or link.address.startswith("unix:") for link in self.links):
+            self.acks = _native.AckReceiver(len(self.links), volume.tracker)
         self.sender = threading.Thread(target=self._send_loop, name="aurora-sender", daemon=True)
-        self.receiver = threading.Thread(target=self._receive_loop, name="aurora-receiver", daemon=True)
+        receive = self._receive_loop if self.acks is None else self._receive_loop_native
+        self.receiver = threading.Thread(target=receive, name="aurora-receiver", daemon=True)
 
     def start(self):
         self.sender.start()
@@ -410,6 +419,7 @@ class LinkPump:
         shared = []
         ring_links = sum(1 for link in self.links if link.ring_ok) if v.ring is not None else 0
         held = False
+        held_pgs = []
         for pg in list(outbox):
             batches = outbox[pg]
             if not batches:
@@ -421,6 +431,7 @@ class LinkPump:
                     flying.popleft()
             if len(flying) >= APPEND_WINDOW:
                 held = True
+                held_pgs.append(pg)
                 continue
             items = []
             while batches:
@@ -439,6 +450,17 @@ class LinkPump:
                     frame_type, body, request_id, v.volume_id, v.epoch, v.membership_epoch)
                 shared.append([pg, request_id, body, inline, slot, notice])
         self.held = held
+        if self.acks is not None:
+            self.acks.set_held(held)
+        if held:
+            # An ACK between the PGCL read above and the flag may have opened a window without
+            # anyone seeing the flag: read PGCL again (after the flag, so one of the two sides
+            # sees the other) and run another round if so.
+            for pg in held_pgs:
+                flying = self.flying[pg]
+                if flying and flying[0] <= v.tracker.pgcl(pg):
+                    self.wake_sender()
+                    break
         return shared
 
     def _request_id(self):
@@ -605,7 +627,19 @@ class LinkPump:
                 pass
             with self.io_lock:
                 try:
+                    if self.acks is not None and type(sock) is socket.socket:
+                        # The native receiver reads a duplicate of the descriptor: end the
+                        # connection itself, not just this descriptor, so it sees EOF.
+                        sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                try:
                     sock.close()
+                except OSError:
+                    pass
+            if self.acks is not None:
+                try:
+                    self.wake_w.send(b"c", socket.MSG_DONTWAIT)
                 except OSError:
                     pass
 
@@ -656,6 +690,145 @@ class LinkPump:
                 except (OSError, errors.AuroraError) as exc:
                     if link.sock is key.fileobj:
                         self._disconnected(link, exc)
+
+    def _receive_loop_native(self):
+        """The receiver on the native path: AckReceiver.run waits on every connection with the
+        GIL released and feeds ACKs to the tracker itself; this loop runs once per event
+        (another frame type, a malformed frame, a closed connection, a wake-up, a window an
+        ACK opened) and then does the handled ACKs' bookkeeping (_acks_done)."""
+        v = self.volume
+        rx = self.acks
+        slot_of = {link: i for i, link in enumerate(self.links)}
+        watched = {}          # link -> [socket, duplicate descriptor the receiver reads]
+        pushed = None         # the volume's member_index last given to rx
+        seen_version = -1
+        try:
+            while not self.stopping:
+                if self.round_wanted:
+                    self.round_wanted = False
+                    self.kick()
+                if self.registered_version != seen_version:
+                    with self.cond:
+                        wanted = dict(self.registered)
+                        seen_version = self.registered_version
+                    self._watch_native(watched, wanted, slot_of)
+                if v.member_index is not pushed:
+                    # Replaced whole (never changed in place) when the metadata changes.
+                    pushed = v.member_index
+                    rx.clear_members()
+                    for pg, indexes in pushed.items():
+                        for node_id, index in indexes.items():
+                            slot = slot_of.get(v.links.get(node_id))
+                            if slot is not None:
+                                rx.set_member(slot, pg, index)
+                try:
+                    kind, i, code, offset = rx.run(self.wake_r.fileno(), 0.5)
+                except (OSError, ValueError) as exc:
+                    log.warning("ACK receiver: %s", exc)
+                    time.sleep(0.01)
+                    continue
+                self._acks_done(rx.completed())
+                if kind == _native.ACKS_EVENT_WAKE:
+                    try:
+                        self.wake_r.recv(4096)
+                    except OSError:
+                        pass
+                elif kind == _native.ACKS_EVENT_WINDOW:
+                    self.round_wanted = True
+                elif kind == _native.ACKS_EVENT_PYTHON:
+                    self._frames_in_python(watched, self.links[i], i)
+                elif kind == _native.ACKS_EVENT_BAD:
+                    self._native_lost(watched, self.links[i], i, _native.acks_error(
+                        code, "node %s sent a malformed frame at byte %d of the connection"
+                        % (self.links[i].node_id, offset), offset))
+                elif kind == _native.ACKS_EVENT_CLOSED:
+                    link = self.links[i]
+                    exc = OSError(code, os.strerror(code)) if code else \
+                        ConnectionError("node %s closed the connection" % link.node_id)
+                    self._native_lost(watched, link, i, exc)
+        finally:
+            for link, (sock, fd) in watched.items():
+                rx.set_link(slot_of[link], -1)
+                os.close(fd)
+            watched.clear()
+
+    def _watch_native(self, watched, wanted, slot_of):
+        """Make the native receiver read exactly the sockets in ``wanted`` (link -> socket),
+        each through a duplicate descriptor that only this thread closes: the sender may
+        close a link's socket at any time, and the number could then name another file."""
+        rx = self.acks
+        for link, (sock, fd) in list(watched.items()):
+            if wanted.get(link) is not sock:
+                rx.set_link(slot_of[link], -1)
+                os.close(fd)
+                del watched[link]
+        for link, sock in wanted.items():
+            if link in watched:
+                continue
+            with self.io_lock:       # sockets are closed only under it: the number is this one's
+                try:
+                    fd = os.dup(sock.fileno())
+                except (OSError, ValueError):
+                    continue         # closed meanwhile: the next registration says so
+            rx.set_link(slot_of[link], fd)
+            watched[link] = [sock, fd]
+
+    def _frames_in_python(self, watched, link, i):
+        """A frame the native receiver leaves to Python: its buffered bytes, or what a link in
+        Python mode has to read, go through the link's FrameReader; the link returns to the
+        native path once that holds no partial frame."""
+        entry = watched.get(link)
+        if entry is None:
+            return
+        sock, fd = entry
+        rx = self.acks
+        data = rx.take_buffer(i)
+        try:
+            if not data:
+                data = os.read(fd, RECV_BYTES)
+                if not data:
+                    raise ConnectionError("node %s closed the connection" % link.node_id)
+            if link.sock is sock:
+                link.reader.feed(data)
+                for frame in link.reader.frames():
+                    link.on_frame(frame)
+        except (OSError, errors.AuroraError) as exc:
+            self._native_lost(watched, link, i, exc)
+            return
+        rx.set_link(i, fd, link.sock is sock and link.reader.buffered_bytes > 0)
+
+    def _native_lost(self, watched, link, i, exc):
+        """Link ``i``'s connection failed on the native path: forget its descriptor and, if it
+        is still the link's connection, disconnect the link."""
+        entry = watched.pop(link, None)
+        self.acks.set_link(i, -1)
+        if entry is None:
+            return
+        sock, fd = entry
+        os.close(fd)
+        if link.sock is sock:
+            self._disconnected(link, exc)
+
+    def _acks_done(self, acks):
+        """Bookkeeping of ACKs the native receiver handled (the tracker has them already):
+        their requests are no longer in flight, their ring slots are free for that member,
+        and the member's SCL may let retained redo go."""
+        links = self.links
+        ring = self.volume.ring
+        highest = {}            # pg -> highest SCL among these ACKs
+        for i, request_id, pg, scl in acks:
+            link = links[i]
+            link.inflight.pop(request_id, None)
+            slot = link.ring_refs.pop(request_id, None)
+            if slot is not None:
+                ring.release(slot)
+            if scl > link.acked_scl.get(pg, 0):
+                link.acked_scl[pg] = scl
+            if scl > highest.get(pg, 0):
+                highest[pg] = scl
+        # Retained redo once per PG, not once per ACK: six ACKs of a boxcar made six passes.
+        for pg, scl in highest.items():
+            self.volume._trim_if_covered(pg, scl)
 
     def _watch(self, watched, wanted):
         """Make the selector watch exactly the sockets in ``wanted`` (link -> socket)."""
@@ -1233,18 +1406,45 @@ class Volume:
                 if written is not None:    # after _ensure_pg: a PG created for this MTR is fresh
                     index = r[1] % self.pages_per_pg
                     written[index >> 3] |= 1 << (index & 7)
-            images = {r[1]: r[4] for r in records}
-            cpl, batches = recovery.build_mtr_batches([(pg, page_no, rtype, payload, old_lsn)
-                                                       for pg, page_no, rtype, payload, _, old_lsn in records],
-                                                      self.next_lsn, self.prev_lsn_pg)
-            for b in batches:
-                for lsn, page_no in zip(b.lsns, b.page_nos):
-                    self.pool.put(page_no, images[page_no], lsn, self.tracker.vdl)
-                batch = recovery.encode_mtr_batch(self.volume_id, self.epoch, self.membership_epoch, b)
-                self.tracker.sent(b.pg, np.array(b.lsns, dtype=np.uint64),
-                                  np.array([f & _native.FLAG_CPL for f in b.flags], dtype=np.uint8))
-                self._remember_range(b.pg, b.lsns[0], b.lsns[-1])
-                self._ship(b.pg, b.lsns[0], b.lsns[-1], batch)
+            # One batch per PG run, encoded and registered with the tracker by one native call
+            # (log_pg_run), without the numpy columns encode_batch and sent would build.
+            tracker = self.tracker
+            vdl = tracker.vdl      # read once: a lower VDL only keeps more pages (invariant 7)
+            first = self.next_lsn
+            cpl = first + count - 1
+            start = 0
+            # Bounded by count: every pass takes at least one record.
+            while start < count:
+                pg = records[start][0]
+                end = start + 1
+                while end < count and records[end][0] == pg:
+                    end += 1
+                run = records[start:end]
+                last = first + (end - start) - 1
+                page_nos = [r[1] for r in run]
+                types = [r[2] for r in run]
+                payloads = [r[3] for r in run]
+                prev_lsn_page = [r[5] for r in run]
+                prev_lsn_pg = self.prev_lsn_pg.get(pg, 0)
+                if end - start <= _native.PG_RUN_RECORDS_MAX:
+                    batch = _native.log_pg_run(tracker, self.volume_id, pg, self.epoch,
+                                               self.membership_epoch, first, prev_lsn_pg, page_nos,
+                                               types, prev_lsn_page, payloads, last == cpl)
+                else:
+                    lsns = list(range(first, last + 1))
+                    flags = [0] * (end - start - 1) + [_native.FLAG_CPL if last == cpl else 0]
+                    batch = _native.encode_batch(self.volume_id, pg, self.epoch, self.membership_epoch,
+                                                 lsns, [prev_lsn_pg] + lsns[:-1], prev_lsn_page,
+                                                 page_nos, types, flags, payloads)
+                    tracker.sent(pg, np.array(lsns, dtype=np.uint64),
+                                 np.array([f != 0 for f in flags], dtype=np.uint8))
+                self.prev_lsn_pg[pg] = last
+                for k, r in enumerate(run):
+                    self.pool.put(r[1], r[4], first + k, vdl)
+                self._remember_range(pg, first, last)
+                self._ship(pg, first, last, batch)
+                first = last + 1
+                start = end
             lsn = cpl + 1
             self.next_lsn = lsn
             self.highest_cpl = cpl
@@ -1298,10 +1498,12 @@ class Volume:
         return frames
 
     def _on_ack(self, link, pg, scl):
-        if scl > link.acked_scl.get(pg, 0):
-            link.acked_scl[pg] = scl
+        """An ACK received in Python (the native receiver feeds the tracker itself and does
+        this bookkeeping in LinkPump._acks_done)."""
         index = self.member_index.get(pg, {}).get(link.node_id)
         if index is None or self._fenced:
+            if scl > link.acked_scl.get(pg, 0):
+                link.acked_scl[pg] = scl
             return      # a fenced writer's tracker has failed: acks change nothing any more
         # An SCL above everything registered says nothing more (it can only come from a
         # member that has not truncated yet); the tracker refuses it, so clamp.
@@ -1309,6 +1511,19 @@ class Volume:
         tracker.ack(pg, index, min(scl, tracker.highest_lsn))
         if self.pump.held:
             self.pump.round_wanted = True     # this ACK may open a PG's window
+        self._acked(link, pg, scl)
+
+    def _acked(self, link, pg, scl):
+        """Member bookkeeping of an ACK the tracker has had: the highest SCL the member
+        reported, and retained redo that every member (or, over the bound, a write quorum)
+        now holds."""
+        if scl > link.acked_scl.get(pg, 0):
+            link.acked_scl[pg] = scl
+        self._trim_if_covered(pg, scl)
+
+    def _trim_if_covered(self, pg, scl):
+        if self._fenced:
+            return
         retained = self.retained.get(pg)
         # Nothing can be trimmed unless this ack covers the oldest retained batch (it may have
         # raised the minimum) or the retained bytes are over the bound.
