@@ -6,14 +6,16 @@ import os
 import struct
 import shutil
 import tempfile
+import threading
 import time
+import types
 
 import pytest
 
 from aurora import _native, errors, protocol as p
 from aurora.client import NodeClient
 from aurora.node.core import NodeCore
-from aurora.node.gossip import accept_gossip_records, scan_fetched_records
+from aurora.node.gossip import Gossiper, accept_gossip_records, scan_fetched_records
 from aurora.node.process import NodeProcess
 from aurora import testing
 from aurora.testing import RedoWorkload
@@ -113,6 +115,40 @@ def test_accept_gossip_records_needs_both_epochs_equal():
     assert not accept_gossip_records(3, 1, 4, 1)    # a peer already in a newer epoch
     assert not accept_gossip_records(3, 1, 3, 0)    # another membership epoch
     assert not accept_gossip_records(3, 1, 3, 2)
+
+
+def test_gossip_leaves_the_newest_records_to_the_writer_and_fetches_once_stuck():
+    """A member a moment behind a peer while the writer streams is not fetched for (that raced
+    the writer's own APPEND, and kept every node polling 5 peers 20 times a second); what a
+    peer held a round ago and this member still lacks is fetched, and a member that stopped
+    moving keeps the short interval."""
+    peer_scl = [0]
+    fetched = []
+
+    class Core:
+        gossip_stats = {"rounds": 0, "scl_requests": 0}
+
+        def note_peer_scls(self, volume_id, pg, answers):
+            pass
+
+    gossiper = Gossiper(Core(), threading.Lock())
+    reply = lambda: types.SimpleNamespace(volume_epoch=1, membership_epoch=0,
+                                          body=p.SCL_BODY.pack(0, 0, peer_scl[0]))
+    gossiper._request = lambda address, t, type, body, expect: reply()
+    gossiper._fetch_range = lambda t, answers, after, through, budget: fetched.append((after, through))
+
+    def round_at(own_scl, peer):
+        peer_scl[0] = peer
+        t = {"volume_id": 1, "pg": 0, "peers": ["unix:/peer"], "volume_epoch": 1, "membership_epoch": 0,
+             "scl": own_scl, "max_lsn": own_scl, "holes": [], "damaged_lsns": [], "corrupt_versions": [],
+             "missing_bases": [], "needs_repair": False, "lwm": 0}
+        return gossiper._gossip_segment(t)
+
+    assert round_at(100, 120) is True and fetched == []      # first sight of a peer ahead: wait a round
+    assert round_at(125, 140) is False and fetched == []     # the writer delivered meanwhile: in step
+    assert round_at(125, 160) is True                        # stuck below what the peer held before
+    assert fetched == [(125, 140)]                           # only that, not the peer's newest
+    assert round_at(160, 160) is False
 
 
 def records_body(model, rows):

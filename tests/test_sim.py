@@ -15,10 +15,12 @@ CI_SEEDS = int(os.environ.get("AURORA_SIM_CI_SEEDS", "40"))
 # the full 1,000 the design asks for.  First failing seed measured after the fence-first
 # recovery (docs/simulation.md): ack-before-persist 0, vdl-ignores-cpl 0, gossip-stale-epoch 5,
 # recovery-read-2-of-6 79, recovery-reads-before-fence 27; shares of seeds 0..999 failing,
-# measured before it: 100 %, 99.6 %, 23 %, 2 %.  The windows leave room for changes that
-# reshuffle the seeds' random streams; a run stops at the first failure, so the usual cost is
-# a few seconds.
-BUG_SEEDS_CI = {"ack-before-persist": 3, "vdl-ignores-cpl": 3, "gossip-stale-epoch": 40,
+# measured before it: 100 %, 99.6 %, 23 %, 2 %.  Since gossip leaves the newest records to the
+# writer (it fetches only what a peer held a round before), gossip fetches less and
+# gossip-stale-epoch is found less often: first failing seed 54, 5 % of seeds 0..999 (50).
+# The windows leave room for changes that reshuffle the seeds' random streams; a run stops at
+# the first failure, so the usual cost is a few seconds.
+BUG_SEEDS_CI = {"ack-before-persist": 3, "vdl-ignores-cpl": 3, "gossip-stale-epoch": 150,
                 "recovery-read-2-of-6": 300, "recovery-reads-before-fence": 150}
 BUG_SEEDS_MAX = 1000
 

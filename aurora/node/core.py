@@ -101,7 +101,7 @@ class NodeCore:
         self.volumes = {}
         self.meta = MetaStore(os.path.join(data_dir, "meta"), disk)
         self.gossip_stats = {"records_accepted": 0, "records_rejected_epoch": 0,
-                             "records_rejected_bad": 0}
+                             "records_rejected_bad": 0, "rounds": 0, "scl_requests": 0}
         self.gc_pending = False       # the last background_step left GC work (see there)
         self.background_pending = False   # ... or a materialization pass under way
         # Filled in by the driver, which owns the clock (server.py): how long the background

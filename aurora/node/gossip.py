@@ -1,8 +1,9 @@
 """Gossip and repair: the node's background thread that fills holes from PG peers.
 
 Every GOSSIP_INTERVAL_S, for each segment that has peers, the thread asks each peer for its
-SCL (GOSSIP_SCL).  When a peer is ahead, or this segment has holes, it FETCHes the missing
-ranges — (our SCL, peer SCL] and each hole — up to GOSSIP_FETCH_BYTES_PER_ROUND, checks every
+SCL (GOSSIP_SCL).  When a peer was ahead already in the last round, or this segment has holes,
+it FETCHes the missing ranges — (our SCL, what a peer held a round ago] and each hole — up to
+GOSSIP_FETCH_BYTES_PER_ROUND (the newest records are left to the writer), checks every
 record (scan_log: CRC, lengths, type; LSN inside the range asked for; page inside the PG) and
 appends the good ones through the same Segment.append as an APPEND, so they reach disk by the
 same path: they mark their log files dirty, and the next ACK's dirty_fds() collection syncs
@@ -99,6 +100,8 @@ class Gossiper(threading.Thread):
         self.backoff_until = {}    # address -> monotonic time
         self.rounds = 0
         self._last_hint_persist = time.monotonic()
+        # (volume id, pg) -> (highest peer SCL, this segment's top) seen by the last round
+        self._last_seen = {}
 
     def stop(self):
         self.stopping.set()
@@ -113,8 +116,9 @@ class Gossiper(threading.Thread):
                 except Exception:   # a bug here must not stop gossip for good
                     log.exception("gossip round failed; will retry")
                 # A node in step with its peers backs off (an idle fleet must not spend its
-                # CPU asking six peers for their SCL twenty times a second); any sign of
-                # being behind brings the short interval back.
+                # CPU asking six peers for their SCL twenty times a second, nor a fleet a
+                # writer keeps in step: that polling was a third of a node's CPU per commit);
+                # any sign of being stuck behind brings the short interval back.
                 wait = self.interval_s if busy else min(wait * 2, GOSSIP_IDLE_INTERVAL_S)
                 now = time.monotonic()
                 if now - self._last_hint_persist >= VDL_HINT_PERSIST_INTERVAL_S:
@@ -134,6 +138,8 @@ class Gossiper(threading.Thread):
         """One pass over every segment; True if any was behind its peers or damaged."""
         with self.lock:
             targets = self.core.gossip_targets()
+            self.core.gossip_stats["rounds"] += 1
+            self.core.gossip_stats["scl_requests"] += sum(len(t["peers"]) for t in targets)
         busy = False
         for target in targets:
             if self.stopping.is_set():
@@ -162,8 +168,17 @@ class Gossiper(threading.Thread):
         peer_scl_max = answers[0][0]
         ranges = list(t["holes"])
         top = max(t["scl"], t["max_lsn"])
-        if peer_scl_max > top:
-            ranges.append((top, peer_scl_max))
+        key = (t["volume_id"], t["pg"])
+        last = self._last_seen.get(key)
+        self._last_seen[key] = (peer_scl_max, top)
+        # Only what a peer held a round ago is fetched: while a writer streams, every member
+        # is a moment behind one peer or another, and fetching the newest records races the
+        # writer's own APPEND of them (which then arrives as a duplicate).  A member that is
+        # behind and did not move since the last round is stuck: rounds stay short for it.
+        settled = min(peer_scl_max, last[0]) if last is not None else top
+        stuck = peer_scl_max > top and (last is None or top <= last[1])
+        if settled > top:
+            ranges.append((top, settled))
         ranges.extend((lsn - 1, lsn) for lsn in t["damaged_lsns"])
         budget = GOSSIP_FETCH_BYTES_PER_ROUND
         fetches = 0
@@ -185,7 +200,7 @@ class Gossiper(threading.Thread):
                 if self.core.complete_repair(t["volume_id"], t["pg"], peer_scl_max):
                     log.info("volume %d PG %d repaired from peers; SCL reached %d",
                              t["volume_id"], t["pg"], peer_scl_max)
-        return bool(ranges or t["corrupt_versions"] or t["missing_bases"] or t["needs_repair"])
+        return bool(ranges or stuck or t["corrupt_versions"] or t["missing_bases"] or t["needs_repair"])
 
     def _fetch_range(self, t, answers, after, through, budget):
         """Fetch (after, through] from the first peer that has some of it; append what is
