@@ -1087,20 +1087,24 @@ class Volume:
         the node ids that did (their epoch is now at least the new one, for good)."""
         assert new_meta["epoch"] > self.meta["epoch"], (new_meta["epoch"], self.meta["epoch"])
         self._write_meta(key, new_meta, self.meta_version + 1)
+        nodes = sorted({n for ids in self.members.values() for n in ids})
+        failures = {}
+        done = self._send_epoch(nodes, lambda answers: self._every_pg_has(answers, WRITE_QUORUM), failures)
+        for pg, ids in self.members.items():
+            if len([n for n in ids if n in done]) < WRITE_QUORUM:
+                raise self._quorum_lost(pg, [n for n in ids if n not in done], WRITE_QUORUM, what, failures)
+        return done
+
+    def _send_epoch(self, nodes, enough, failures=None):
+        """SET_EPOCH (this writer's epoch and every truncation range) to ``nodes`` at once; the
+        set of those that took it, returned once ``enough(answers)`` holds (see gather_until)."""
         body = self._set_epoch_body()
 
         def set_epoch(node_id):
             with self.links[node_id].client() as client:
                 client.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK, volume_epoch=self.epoch)
 
-        nodes = sorted({n for ids in self.members.values() for n in ids})
-        failures = {}
-        done = set(gather_until(nodes, set_epoch, lambda answers: self._every_pg_has(answers, WRITE_QUORUM),
-                                failures))
-        for pg, ids in self.members.items():
-            if len([n for n in ids if n in done]) < WRITE_QUORUM:
-                raise self._quorum_lost(pg, [n for n in ids if n not in done], WRITE_QUORUM, what, failures)
-        return done
+        return set(gather_until(nodes, set_epoch, enough, failures))
 
     def _per_node(self, pairs, ask, enough):
         """``ask(client, node id, pgs)`` -> {pg: answer} for the pairs of ``pairs`` (pg, node
@@ -1146,6 +1150,22 @@ class Volume:
             return self._list_first(client, pgs, _native.LSN_MAX, 0)
 
         answers = self._per_node(pairs, first_round, lambda got: self._every_pg_has(got, READ_QUORUM))
+        short = [pg for pg, ids in self.members.items() if sum((pg, n) in answers for n in ids) < READ_QUORUM]
+        if short:
+            # Fencing returns at a write quorum of *nodes*, and a node that took the epoch can
+            # lack a PG's segment (the PG was created while the node was down and no APPEND
+            # has reached it since): it refuses the listing.  Fence that PG's other members
+            # too (the rule stays: only members at the new epoch are read) and ask them.
+            others = sorted({n for pg in short for n in self.members[pg] if n not in fenced})
+            fenced = set(fenced) | self._send_epoch(others, lambda answers: len(answers) == len(others))
+            more = [(pg, n) for pg in short for n in self.members[pg] if n in fenced and (pg, n) not in pairs]
+            pairs = pairs + more
+
+            def short_ones_have_quorum(got):
+                return all(sum((pg, n) in answers or (pg, n) in got for n in self.members[pg]) >= READ_QUORUM
+                           for pg in short)
+
+            answers.update(self._per_node(more, first_round, short_ones_have_quorum))
         for pg, ids in self.members.items():
             got = [n for n in ids if (pg, n) in answers]
             if len(got) < READ_QUORUM:

@@ -15,7 +15,7 @@ import pytest
 
 from aurora import errors, protocol as p, recovery
 from aurora.cluster import Cluster
-from aurora.writer import meta_read, meta_write
+from aurora.writer import Volume, meta_read, meta_write
 from aurora.node.core import TRUNCATION_ALL_PGS, TRUNCATION_ENTRY, NodeCore
 from aurora.node.disk import SimDisk
 from aurora.node.segment import add_range, range_covered
@@ -413,3 +413,33 @@ def test_truncation_ranges_merge_and_cover():
     assert range_covered(ranges, 10, 20)
     assert not range_covered(ranges, 15, 150) and not range_covered(ranges, 399, 401)
     assert not range_covered([], 1, 2)
+
+
+def test_recovery_reads_late_fenced_members_when_a_fenced_one_lacks_the_pg(cluster, monkeypatch):
+    """Fencing returns at a write quorum of nodes, and a node that took the epoch can lack a
+    PG's segment (the PG was created while the node was down).  Recovery must fence and read
+    that PG's other members rather than give up: the long chaos run (seed 8865809) failed so,
+    'PG 4 has 2 of 6 members reachable', with every node up."""
+    volume = cluster.open_volume("late", pages_per_pg=PAGES_PER_PG)
+    volume.write(0, b"a" * 100)
+    volume.commit()
+    cluster.kill_az("az1")
+    new_page = PAGES_PER_PG * 3                       # its PG is created while az1 is down
+    volume.write(new_page, b"b" * 100)
+    volume.commit()
+    volume.close()
+    cluster.restart_az("az1")
+    az_of = {n.node_id: n.az for n in cluster.nodes}
+    real = Volume._raise_epoch
+
+    def fence_answered_by_az1_and_az3_first(self, key, new_meta, what):
+        done = real(self, key, new_meta, what)
+        if what == "recovery (fencing)":
+            return {n for n in done if az_of[n] in ("az1", "az3")}
+        return done
+
+    monkeypatch.setattr(Volume, "_raise_epoch", fence_answered_by_az1_and_az3_first)
+    reopened = cluster.open_volume("late")
+    assert reopened.read(new_page)[:100] == b"b" * 100
+    assert reopened.read(0)[:100] == b"a" * 100
+    reopened.close()
