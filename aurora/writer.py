@@ -645,6 +645,20 @@ class LinkPump:
 
     # receiver
 
+    def _wake_up_round(self, seen_version):
+        """What both receivers do first on every wake-up.  If ACKs of the last one opened a
+        PG's window, send what it held from this thread (one thread switch less than waking
+        the sender; the sender runs it if a round is going on), after all of them, so six ACKs
+        make one round.  Returns (the registered links, link -> socket, if they changed since
+        ``seen_version``, else None; the version now)."""
+        if self.round_wanted:
+            self.round_wanted = False
+            self.kick()
+        if self.registered_version == seen_version:
+            return None, seen_version
+        with self.cond:
+            return dict(self.registered), self.registered_version
+
     def _receive_loop(self):
         watched = {}
         # One receive buffer for the thread's whole life: recv() of RECV_BYTES allocated (and
@@ -653,16 +667,8 @@ class LinkPump:
         view = memoryview(buffer)
         seen_version = -1
         while not self.stopping:
-            if self.round_wanted:
-                # ACKs of the last wake-up opened a PG's window: send what it held from this
-                # thread (one thread switch less than waking the sender; the sender runs it
-                # if a round is going on).  After all of them, so six ACKs make one round.
-                self.round_wanted = False
-                self.kick()
-            if self.registered_version != seen_version:
-                with self.cond:
-                    wanted = dict(self.registered)
-                    seen_version = self.registered_version
+            wanted, seen_version = self._wake_up_round(seen_version)
+            if wanted is not None:
                 self._watch(watched, wanted)
             try:
                 events = self.selector.select(0.5)
@@ -704,13 +710,8 @@ class LinkPump:
         seen_version = -1
         try:
             while not self.stopping:
-                if self.round_wanted:
-                    self.round_wanted = False
-                    self.kick()
-                if self.registered_version != seen_version:
-                    with self.cond:
-                        wanted = dict(self.registered)
-                        seen_version = self.registered_version
+                wanted, seen_version = self._wake_up_round(seen_version)
+                if wanted is not None:
                     self._watch_native(watched, wanted, slot_of)
                 if v.member_index is not pushed:
                     # Replaced whole (never changed in place) when the metadata changes.

@@ -60,14 +60,7 @@ def test_a_read_asks_every_member_in_the_end_covered_and_connected_first(tmp_pat
         volume = cluster.open_volume("order", pages_per_pg=64)
         volume.write(5, b"x" * 100)
         volume.commit()
-        asked = []
-        real = volume._hedged_read
-
-        def spy(pg, page_no, read_lsn, candidates):
-            asked.append(list(candidates))
-            return real(pg, page_no, read_lsn, candidates)
-
-        volume._hedged_read = spy
+        asked = spy_on_candidates(volume)
         ids = volume.members[0]
         lone = ids[2]
         for node_id in ids:                      # as if only one link had connected yet

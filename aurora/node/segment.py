@@ -854,26 +854,17 @@ class Segment:
         The chain is read, re-checked and applied by one native call; when it finds anything
         amiss (a record failing its CRC, a chain that does not apply) the page is built again
         on the checked path below, which reports and raises exactly as before."""
-        base = self.pages.newest(page_no, read_lsn)
-        if base is None:
-            page = bytearray(self.page_size)
-            page_lsn = 0
-        else:
-            page = bytearray(self.pages.read(base[1], page_no))
-            page_lsn = base[0]
-        chain = self.page_chains.get(page_no, ())
-        lo = bisect.bisect_right(chain, page_lsn)
-        hi = bisect.bisect_right(chain, read_lsn)
-        if hi <= lo:
+        page, page_lsn, lsns = self._base_and_chain(page_no, read_lsn)
+        if not lsns:
             return bytes(page), page_lsn
-        built = _native.apply_log_chain(page, page_lsn, chain[lo:hi], self.records, self.files_by_seq)
+        built = _native.apply_log_chain(page, page_lsn, lsns, self.records, self.files_by_seq)
         if built is not None:
             return bytes(page), built
         return self._build_checked(page_no, read_lsn)
 
-    def _build_checked(self, page_no, read_lsn):
-        """_build record by record in Python: the reference, and the path that reports a
-        damaged record (and marks it for repair) before raising."""
+    def _base_and_chain(self, page_no, read_lsn):
+        """(page bytearray, its LSN, the LSNs of the page's records above it up to read_lsn):
+        the newest version at or below read_lsn (zeros at LSN 0 if none) and what to apply."""
         base = self.pages.newest(page_no, read_lsn)
         if base is None:
             page = bytearray(self.page_size)
@@ -882,16 +873,20 @@ class Segment:
             page = bytearray(self.pages.read(base[1], page_no))
             page_lsn = base[0]
         chain = self.page_chains.get(page_no, ())
-        lo = bisect.bisect_right(chain, page_lsn)
-        hi = bisect.bisect_right(chain, read_lsn)
-        if hi > lo:
-            entries = [self._entry(lsn) for lsn in chain[lo:hi]]
+        return page, page_lsn, chain[bisect.bisect_right(chain, page_lsn):bisect.bisect_right(chain, read_lsn)]
+
+    def _build_checked(self, page_no, read_lsn):
+        """_build record by record in Python: the reference, and the path that reports a
+        damaged record (and marks it for repair) before raising."""
+        page, page_lsn, lsns = self._base_and_chain(page_no, read_lsn)
+        if lsns:
+            entries = [self._entry(lsn) for lsn in lsns]
             views = [self._verified_record(e) for e in entries]
             try:
                 page_lsn = _native.apply_chain(
                     page, page_lsn,
                     np.array([e[I_TYPE] for e in entries], dtype=np.uint8),
-                    np.array(chain[lo:hi], dtype=np.uint64),
+                    np.array(lsns, dtype=np.uint64),
                     np.array([e[I_PREV_PAGE] for e in entries], dtype=np.uint64),
                     [v[RECORD_HEADER_SIZE:] for v in views])
             finally:
