@@ -439,7 +439,35 @@ def test_recovery_reads_late_fenced_members_when_a_fenced_one_lacks_the_pg(clust
         return done
 
     monkeypatch.setattr(Volume, "_raise_epoch", fence_answered_by_az1_and_az3_first)
+    # Invariant 6's order holds on the new branch too: a node listed by recovery's read has
+    # taken the new epoch first (in the fence, or in the late fence of the PG's other members).
+    took_epoch, listed = set(), set()
+    real_send, real_read, real_per_node = Volume._send_epoch, Volume._read_recovery_quorum, Volume._per_node
+
+    def send_epoch(self, nodes, enough, failures=None):
+        done = real_send(self, nodes, enough, failures)
+        took_epoch.update(done)
+        return done
+
+    def read_recovery_quorum(self, fenced):
+        took_epoch.update(fenced)
+        self._reading = True
+        try:
+            return real_read(self, fenced)
+        finally:
+            self._reading = False
+
+    def per_node(self, pairs, ask, enough):
+        if getattr(self, "_reading", False):
+            assert {n for _, n in pairs} <= took_epoch, "listed a member that had not taken the epoch"
+            listed.update(n for _, n in pairs)
+        return real_per_node(self, pairs, ask, enough)
+
+    monkeypatch.setattr(Volume, "_send_epoch", send_epoch)
+    monkeypatch.setattr(Volume, "_read_recovery_quorum", read_recovery_quorum)
+    monkeypatch.setattr(Volume, "_per_node", per_node)
     reopened = cluster.open_volume("late")
+    assert listed - {n for n in az_of if az_of[n] in ("az1", "az3")}, "the late fence was not exercised"
     assert reopened.read(new_page)[:100] == b"b" * 100
     assert reopened.read(0)[:100] == b"a" * 100
     reopened.close()
