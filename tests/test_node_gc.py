@@ -8,7 +8,7 @@ import random
 import pytest
 
 from aurora.node.disk import SimDisk
-from aurora.node.segment import ReadPointRefused, Segment
+from aurora.node.segment import FILE_PASS_AFTER_CHECKS, ReadPointRefused, Segment
 from aurora.testing import RedoWorkload, feed_segment as feed, materialize_all
 
 PAGE_SIZE = 1024
@@ -191,6 +191,67 @@ def test_a_version_above_the_lwm_does_not_make_a_log_file_collectable(tmp_path):
     segment.close()
 
 
+def test_a_read_point_held_between_pass_targets_gets_a_file_pass_and_the_file_goes(tmp_path):
+    """The liveness gap the test above leaves: passes target the SCL, so while a read point
+    holds the LWM between two pass targets, no pass that ever begins covers the oldest file,
+    and it stayed for as long as the read did (a node materializing once a second never
+    freed a log file in tests/test_writer_gc.py).  After FILE_PASS_AFTER_CHECKS reclaim
+    checks a file pass at the horizon covers the file's pages, and the file goes without the
+    read point moving; reads at and above it stay exact."""
+    workload = RedoWorkload(page_size=PAGE_SIZE, pages_per_pg=PAGES_PER_PG, pages=4, seed=22)
+    segment = open_segment(tmp_path / "seg")
+    feed(segment, workload, workload.records(3))
+    materialize(segment)
+    low = segment.scl
+    while len(segment.files) < 3:
+        feed(segment, workload, workload.records(6))
+    materialize(segment)
+    high = segment.scl
+    first = segment.files[0]
+    assert low < first.max_lsn < high
+    held = first.max_lsn
+    segment.set_lwm(held)
+    for _ in range(FILE_PASS_AFTER_CHECKS - 1):
+        assert segment.gc_step()[1] == 0
+        assert not segment.materialize_step(64)     # no pass asked for yet
+    assert segment.gc_step()[1] == 0
+    assert segment.gc_stats["file_passes"] == 1
+    assert segment.materialize_step(64, start_pass=False)   # begins even between passes
+    materialize_all(segment)
+    assert first.covered_at == held
+    assert segment.materialized_lsn == high        # pages outside the file were not looked at
+    assert gc_until_done(segment)[1] >= 1 and first not in segment.files
+    assert segment.lwm == held and segment.state["gc_lsn"] >= held
+    points = [held] + [lsn for chain in workload.history.values() for lsn, _ in chain if lsn > held]
+    assert_reads_match(segment, workload, sorted(points))
+    segment.close()
+    segment = open_segment(tmp_path / "seg")
+    assert_reads_match(segment, workload, [held, high])
+    segment.close()
+
+
+def test_a_truncation_during_a_pass_leaves_its_pages_to_materialize(tmp_path):
+    """A recovery's truncation abandons a pass under way; the pages it had not reached yet
+    were forgotten, a later pass over the pages changed since then counted as complete,
+    and GC deleted log records that no page version held: a read at the SCL met a chain
+    gap."""
+    workload, segment = written(tmp_path / "seg", seed=21)
+    top = segment.scl
+    assert segment.materialize_step(1)        # a pass over 16 pages has begun: one done
+    segment.truncate(top, top + 100)          # a recovery's range above everything held
+    workload.lsn = top + 100
+    changed = workload.page_numbers[:1]
+    workload.page_numbers = changed
+    feed(segment, workload, workload.records(3))   # one page changes after it
+    materialize(segment)
+    segment.set_lwm(segment.scl)
+    assert gc_until_done(segment)[1] >= 1
+    workload.page_numbers = sorted(workload.history)
+    assert len(workload.page_numbers) == 16
+    assert_reads_match(segment, workload, [segment.scl])
+    segment.close()
+
+
 def test_a_big_log_file_is_unindexed_over_several_bounded_steps(tmp_path):
     workload, segment = written(tmp_path / "seg", seed=14, pages=64)
     materialize(segment)
@@ -277,11 +338,14 @@ def test_freed_slots_are_reused_only_after_the_sync_that_frees_them(tmp_path):
     segment.close()
 
 
+@pytest.mark.parametrize("file_pass_after", [FILE_PASS_AFTER_CHECKS, 1])
 @pytest.mark.parametrize("seed", range(12))
-def test_a_crash_after_gc_loses_nothing_a_read_at_or_above_the_lwm_needs(seed):
+def test_a_crash_after_gc_loses_nothing_a_read_at_or_above_the_lwm_needs(seed, file_pass_after, monkeypatch):
     """On the simulator's disk: after every GC step the node loses power (unsynced bytes kept,
     lost or scrambled at random); the rebuilt segment must serve every read point at or
-    above the LWM it had made durable, exactly as the model says."""
+    above the LWM it had made durable, exactly as the model says.  With ``file_pass_after``
+    1 every log file that waits for a pass target gets a file pass at once."""
+    monkeypatch.setattr("aurora.node.segment.FILE_PASS_AFTER_CHECKS", file_pass_after)
     rng = random.Random(seed)
     disk = SimDisk()
     disk.makedirs("/node/seg")

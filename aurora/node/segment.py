@@ -48,6 +48,7 @@ MATERIALIZE_RECORDS_PER_STEP = 16384   # records one materialize_step folds, at 
 MATERIALIZE_SYNC_PAGES = 1024
 GC_PAGES_PER_STEP = 4096               # page version lists one gc_step cleans, at most
 GC_RECORDS_PER_STEP = 32768            # log records one gc_step takes out of the index, at most
+FILE_PASS_AFTER_CHECKS = 5             # reclaim checks a log file waits before a file pass is asked for
 LSN_TOP = 1 << 64
 PAGE_TYPES = frozenset((_native.REC_DELTA, _native.REC_IMAGE, _native.REC_ZERO))
 NOT_A_PAGE = 0xFFFFFFFF        # LogFile.indexed_pages of a record that changes no page
@@ -145,6 +146,10 @@ class LogFile:
         # from these instead of reading each header back from a file no longer cached.
         self.indexed_lsns = array.array("Q")
         self.indexed_pages = array.array("I")
+        # The target of a complete file pass over this file's pages (Segment._reclaim_step),
+        # or None: every page with a record here has a durable version covering it at or
+        # below that target.
+        self.covered_at = None
 
     def note_indexed(self, lsns, pages):
         """Remember (LSN, page) pairs: numpy uint64/uint32 columns or small sequences."""
@@ -234,7 +239,11 @@ class Segment:
         self._dirty_files = set()
         self._dirty_pages = set()
         self._truncation_unsynced = False   # truncate(durable=False) ran since the last save
-        self._pass = None         # materialization pass: [target LSN, pages left, a page failed, synced]
+        # Materialization pass: [target LSN, pages left, a page failed, synced, log file] --
+        # the log file for a file pass (_reclaim_step), None for a pass over the dirty pages.
+        self._pass = None
+        self._file_pass_wanted = None   # (log file, target) _reclaim_step asked for
+        self._blocked = [None, 0]       # [log file, reclaim checks] found blocked in a row
         self._reclaim = None      # log file being taken out of the index: [log, position in its indexed_lsns]
         self._gc_more = False     # the last gc_step may have left collectable work
         # Targets of complete materialization passes, ascending (see _reclaim_step).
@@ -243,7 +252,7 @@ class Segment:
         # a peer still lacks is collected, so a member that fell behind can always catch up.
         self.peer_scls = {}
         self.gc_stats = {"pages_visited": 0, "versions_dropped": 0, "log_files_deleted": 0,
-                         "log_records_reclaimed": 0}
+                         "log_records_reclaimed": 0, "file_passes": 0}
         self._restoring = []      # (lsn, prev_lsn_pg) columns gathered by a restart scan
         self.sorted_lsns = []     # every held LSN, ascending: LIST_RECORDS, FETCH and holes bisect it
         self.damage = []          # [file name, offset] of log damage found by the restart scan
@@ -1158,7 +1167,13 @@ class Segment:
             del ordered[lo:hi]
             self.damaged_lsns = {lsn for lsn in self.damaged_lsns if lsn not in gone}
         self.max_lsn = ordered[-1] if ordered else self.state["gc_lsn"]
-        self._pass = None
+        if self._pass is not None:
+            # The pass is abandoned; the pages it had not reached yet are dirty again.  (They
+            # were forgotten: a later pass then completed without them and GC deleted log
+            # records no version held -- tests/test_node_gc.py.)  The pages it did reach keep
+            # a version at or below the range, or drop_range just made them dirty.
+            self._dirty_pages.update(self._pass[1])
+            self._pass = None
         if dropped or self.scl > after:
             # SCL cannot pass the range any more; the chain above it is rebuilt from the
             # records that remain above the new SCL only.
@@ -1199,15 +1214,28 @@ class Segment:
 
         With ``start_pass`` false a pass under way goes on but no new one begins: the
         driver spaces passes out, so a page changed by many commits in between gets one new
-        version instead of one per pass."""
+        version instead of one per pass.
+
+        A file pass, which _reclaim_step asks for when a log file waits for want of a pass
+        target inside its window, begins whenever no pass is under way: it covers the pages
+        with records in that file, at a target at or below the GC horizon, and when it is
+        complete and synced the file may go (LogFile.covered_at); it does not move
+        ``materialized_lsn``, since pages outside the file were not looked at."""
+        if self._pass is None and self._file_pass_wanted is not None:
+            log, target = self._file_pass_wanted
+            self._file_pass_wanted = None
+            if log in self.files:
+                pages = set(log.indexed_pages)
+                pages.discard(NOT_A_PAGE)
+                self._pass = [target, list(pages), False, False, log]
         if self._pass is None:
             if not self._dirty_pages or not start_pass:
                 return 0
             # Any order will do, so no sort: a pass after a restart covers every page with
             # records in the log.
-            self._pass = [self.scl, list(self._dirty_pages), False, False]
+            self._pass = [self.scl, list(self._dirty_pages), False, False, None]
             self._dirty_pages = set()
-        target, pages, _, _ = self._pass
+        target, pages, _, _, file_pass = self._pass
         folded = 0
         while pages and max_pages > 0 and folded < max_records:
             page_no = pages.pop()
@@ -1219,7 +1247,7 @@ class Segment:
             base = self.pages.newest(page_no, target)
             lo = bisect.bisect_right(chain, base[0] if base is not None else 0)
             hi = bisect.bisect_right(chain, target)
-            if hi < len(chain):
+            if hi < len(chain) and file_pass is None:
                 self._dirty_pages.add(page_no)   # records above the target wait for a later pass
             if hi <= lo:
                 continue
@@ -1247,7 +1275,9 @@ class Segment:
             if self.pages.sync_running():
                 return folded
             failed = self._pass[2]
-            if not failed:
+            if not failed and file_pass is not None:
+                file_pass.covered_at = target
+            elif not failed:
                 # The sync made the pass durable; state.json learns the new materialized_lsn
                 # with its next write (a durable JSON write here held the loop for up to 0.4 s
                 # on a busy disk).  A restart that finds an older one materializes again.
@@ -1342,15 +1372,20 @@ class Segment:
                 return 0
             targets = self._pass_targets
             below = bisect.bisect_right(targets, horizon)
-            if below == 0:
-                return 0
-            covered = targets[below - 1]
-            del targets[:below - 1]           # the horizon never moves back: older ones are moot
+            covered = targets[below - 1] if below else 0
+            if below > 1:
+                del targets[:below - 1]       # the horizon never moves back: older ones are moot
+            waiting = None
             for log in self.files[:-1]:       # never the file appends go to
-                if log.max_lsn <= covered and log not in self._dirty_files:
+                if log.max_lsn > horizon or log in self._dirty_files:
+                    continue
+                if log.max_lsn <= covered or (log.covered_at is not None and log.covered_at <= horizon):
                     self._reclaim = [log, 0]
                     break
+                if waiting is None:
+                    waiting = log
             else:
+                self._note_blocked(waiting, horizon)
                 return 0
         log, position = self._reclaim
         end = min(position + max_records, len(log.indexed_lsns))
@@ -1379,6 +1414,26 @@ class Segment:
         self._reclaim = None
         self.gc_stats["log_files_deleted"] += 1
         return 1
+
+    def _note_blocked(self, log, horizon):
+        """``log`` (or None) is the oldest file all of whose records lie at or below the
+        horizon but that no complete pass covers: every pass target is below its newest
+        record or above the horizon.  That clears by itself once the horizon passes the next
+        target -- unless a read point holds the horizon still (tests/test_writer_gc.py), when
+        no pass that targets the SCL ever helps.  After FILE_PASS_AFTER_CHECKS reclaim
+        checks in a row find the same file waiting, a file pass at the horizon is asked for
+        (materialize_step)."""
+        blocked = self._blocked
+        if log is None or blocked[0] is not log:
+            self._blocked = [log, 1]
+            return
+        blocked[1] += 1
+        pass_ = self._pass
+        if (blocked[1] >= FILE_PASS_AFTER_CHECKS and self._file_pass_wanted is None
+                and (pass_ is None or pass_[4] is not log)):
+            self._file_pass_wanted = (log, horizon)
+            self._blocked = [log, 0]
+            self.gc_stats["file_passes"] += 1
 
     def _unindex(self, log, start, end):
         """Take the records ``log`` indexed at positions [start, end) of its indexed_lsns out

@@ -55,8 +55,11 @@ BACKGROUND_SLICE_TARGET_S = 0.02
 # every slice, passes ran back to back and a hot page got a version about every 40 ms: under
 # a commit load that was one 4 KiB version write (page faults in the page store's mapping
 # included) per commit, the largest share of a node's CPU beside the kernel's.  Passes begin
-# at most this often; reads in between build pages from their (slightly longer) chains.
-MATERIALIZE_PASS_INTERVAL_S = 0.1
+# at most this often; reads in between build pages from their (longer) chains.  At 0.1 s a
+# node spent 0.028-0.031 ms CPU per commit at 16 threads, at 1 s 0.022-0.026 ms
+# (tools/commit_cpu.py).  A read point held between two pass targets no longer keeps log
+# files from GC at this cadence: Segment._reclaim_step asks for a file pass.
+MATERIALIZE_PASS_INTERVAL_S = 1.0
 SCRUB_BYTES_PER_SLICE = 16 * 1024   # with 50 slices/s: at most ~800 KB/s of scrubbing
 # Log files of different segments synced in parallel by one group commit.
 SYNC_THREADS_MAX = 8

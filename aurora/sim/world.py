@@ -581,6 +581,10 @@ class World:
         self.seed = seed
         self.rng = random.Random(seed)
         self.faults = Faults(random.Random(seed ^ 0x5EED) if swarm else None)
+        # Whether a background step may begin a materialization pass: spaced out as the
+        # server's MATERIALIZE_PASS_INTERVAL_S does, so a held LWM meets file passes.  Its own
+        # stream, so the choice leaves the world's stream (and every seed's faults) as it was.
+        self.pass_rng = random.Random(seed ^ 0x9A55)
         self.bug = bug
         self.quiet = True               # no random faults (set up, quiesce, final check)
         self.nested = False             # inside a gossip exchange's network time
@@ -741,7 +745,8 @@ class World:
         if node.up and node.node_id not in self.lost:
             if self.rng.random() < 0.3:
                 try:   # as the server's _background: a failed slice is logged and retried
-                    node.core.background_step(materialize_pages=8, scrub_bytes=16 * 1024, gc=True)
+                    node.core.background_step(materialize_pages=8, scrub_bytes=16 * 1024, gc=True,
+                                              start_passes=self.pass_rng.random() < 0.3)
                 except errors.AuroraError:
                     self.stats["background_errors"] += 1
             if self.rng.random() < 0.1:
