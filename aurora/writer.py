@@ -263,6 +263,12 @@ class MemberLink:
             pg, _, scl, _ = p.ACK_BODY.unpack_from(frame.body)
             self.volume._on_ack(self, pg, scl)
             return
+        if frame.type == p.FRAME_OK and request is not None and request[0] == p.FRAME_CREATE_SEGMENT:
+            missing = self.volume.segments_missing.get(self.node_id)
+            if missing is not None and request[1] in missing:
+                missing.discard(request[1])
+                self.volume.stats["segments_created_late"] += 1
+            return
         if frame.type != p.FRAME_ERROR or request is None:
             return
         code, _ = p.ERROR_BODY.unpack_from(frame.body)
@@ -281,6 +287,7 @@ class MemberLink:
             self.enqueue(p.FRAME_SET_EPOCH, pg, self.volume._set_epoch_body())
             self.enqueue(frame_type, pg, body)
         elif code == p.ERROR_UNKNOWN_SEGMENT and frame_type == p.FRAME_APPEND:
+            self.volume.segments_missing[self.node_id].add(pg)
             self.enqueue(p.FRAME_CREATE_SEGMENT, pg, self.volume._create_segment_body(pg, self))
             self.enqueue(frame_type, pg, body)
         else:
@@ -932,6 +939,12 @@ class Volume:
             self.links[node.node_id] = MemberLink(self, node.node_id, node.az, node.address,
                                                   getattr(cluster, "tls", None))
         self.pool = BufferPool(buffer_pool_pages)
+        # PGs whose segment a member is known (or feared) to lack: it was down when the PG
+        # was created, or refused recovery's listing for want of it.  CREATE_SEGMENT goes to
+        # it first thing whenever its link (re)connects (_resend_for), so it gets the segment
+        # and catches up by gossip without waiting for an APPEND to that PG to be refused.
+        self.segments_missing = {node.node_id: set() for node in cluster.nodes}
+        self._segments_seen = set()           # (pg, node id) recovery saw listing (_list_first)
         # Every metadata value this writer writes carries this token, so two writers racing
         # to write the same version never write the same bytes: only one takes it (meta_write).
         self.writer_token = os.urandom(8).hex()
@@ -1072,6 +1085,13 @@ class Volume:
         phases["truncate_s"], started = time.monotonic() - started, time.monotonic()
         holders = self._await_recovered_quorum(prev_lsn_pg, have_epoch)
         phases["await_quorum_s"] = time.monotonic() - started
+        # A member that never listed a PG may lack its segment (down when the PG was created,
+        # and no APPEND has reached it since): its link sends CREATE_SEGMENT when it connects,
+        # which costs nothing where the segment exists.
+        for pg, ids in self.members.items():
+            for node_id in ids:
+                if (pg, node_id) not in self._segments_seen:
+                    self.segments_missing[node_id].add(pg)
         # Every LSN up to `through` is now durable or void, so the new writer starts there:
         # its VDL begins at `through` (LAL back-pressure counts from it) and its first record
         # is through + 1.
@@ -1126,11 +1146,15 @@ class Volume:
 
         return flat(gather_until(list(by_node), ask_node, lambda got: enough(flat(got))))
 
-    @staticmethod
-    def _list_first(client, pgs, after, max_count):
-        """{pg: list_records answer} for ``pgs``, pipelined; a PG the node refused is left out."""
+    def _list_first(self, client, pgs, after, max_count, node_id=None):
+        """{pg: list_records answer} for ``pgs``, pipelined; a PG the node refused is left out.
+        With ``node_id``, recovery notes which (PG, member) pairs showed they hold the segment
+        (``_segments_seen``); _recover fears the others lack it."""
         answers = client.list_records_many([(pg, after, max_count) for pg in pgs])
-        return {pg: a for pg, a in zip(pgs, answers) if not isinstance(a, errors.AuroraError)}
+        got = {pg: a for pg, a in zip(pgs, answers) if not isinstance(a, errors.AuroraError)}
+        if node_id is not None:
+            self._segments_seen.update((pg, node_id) for pg in got)
+        return got
 
     def _every_pg_has(self, answered, need):
         """Whether ``need`` members of every PG are in ``answered`` (node ids, or (pg, node
@@ -1148,7 +1172,7 @@ class Volume:
         pairs = [(pg, n) for pg, ids in self.members.items() for n in ids if n in fenced]
 
         def first_round(client, node_id, pgs):
-            return self._list_first(client, pgs, _native.LSN_MAX, 0)
+            return self._list_first(client, pgs, _native.LSN_MAX, 0, node_id)
 
         answers = self._per_node(pairs, first_round, lambda got: self._every_pg_has(got, READ_QUORUM))
         short = [pg for pg, ids in self.members.items() if sum((pg, n) in answers for n in ids) < READ_QUORUM]
@@ -1219,7 +1243,7 @@ class Volume:
                 if have_epoch is not None and node_id not in have_epoch:
                     client.request(p.FRAME_SET_EPOCH, body, p.FRAME_OK, volume_epoch=self.epoch)
                     have_epoch.add(node_id)
-                return {pg: a[0] for pg, a in self._list_first(client, pgs, _native.LSN_MAX, 0).items()}
+                return {pg: a[0] for pg, a in self._list_first(client, pgs, _native.LSN_MAX, 0, node_id).items()}
 
             def covered(got):
                 return self._every_pg_has({pair for pair, scl in got.items()
@@ -1297,6 +1321,7 @@ class Volume:
                 self._fence("node %s: %s" % (node_id, exc))
                 raise errors.WriterFenced(self._fenced) from None
             except (OSError, errors.AuroraError):
+                self.segments_missing[node_id].add(pg)
                 continue
         if len(created) < WRITE_QUORUM:
             lost = self._quorum_lost(pg, [n for n in ids if n not in created], WRITE_QUORUM, "creating a segment")
@@ -1506,8 +1531,10 @@ class Volume:
         queue.append((p.FRAME_APPEND, pg, batch))
 
     def _resend_for(self, link):
-        """Frames a (re)connected member still needs: every retained batch above its SCL."""
-        frames = []
+        """Frames a (re)connected member still needs: the segments it lacks (CREATE_SEGMENT),
+        then every retained batch above its SCL."""
+        frames = [(p.FRAME_CREATE_SEGMENT, pg, self._create_segment_body(pg, link))
+                  for pg in sorted(self.segments_missing.get(link.node_id, ())) if pg in self.members]
         with self._retained_lock:
             for pg, ids in list(self.members.items()):
                 if link.node_id not in ids:

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from aurora import errors, protocol as p, recovery
+from aurora.client import NodeClient
 from aurora.cluster import Cluster
 from aurora.writer import Volume, meta_read, meta_write
 from aurora.node.core import TRUNCATION_ALL_PGS, TRUNCATION_ENTRY, NodeCore
@@ -470,4 +471,48 @@ def test_recovery_reads_late_fenced_members_when_a_fenced_one_lacks_the_pg(clust
     assert listed - {n for n in az_of if az_of[n] in ("az1", "az3")}, "the late fence was not exercised"
     assert reopened.read(new_page)[:100] == b"b" * 100
     assert reopened.read(0)[:100] == b"a" * 100
+    reopened.close()
+
+
+def test_a_member_that_missed_a_pgs_creation_gets_the_segment_without_an_append(cluster):
+    """A PG created while an AZ was down lived on 4 segments until an APPEND to that PG was
+    refused by a returning member; a PG nobody writes again stayed so for good, one node
+    loss from refusing writes.  Now the reopening writer, which sees those members never
+    list the PG, sends them CREATE_SEGMENT when their links connect, and gossip fills the
+    new segments from their peers -- with no further write to the PG."""
+    volume = cluster.open_volume("created-late", pages_per_pg=PAGES_PER_PG)
+    volume.write(0, b"a" * 100)
+    volume.commit()
+    cluster.kill_az("az1")
+    pg = 3
+    volume.write(PAGES_PER_PG * pg, b"b" * 100)
+    lsn = volume.commit()
+    volume.close()
+    cluster.restart_az("az1")
+    returned = [n for n in cluster.nodes if n.az == "az1"]
+    for node in returned:
+        with NodeClient(node.address, volume_id=volume.volume_id) as client:
+            with pytest.raises(KeyError):
+                client.status_segment(pg)
+    reopened = cluster.open_volume("created-late")
+    assert all(pg in reopened.segments_missing[n.node_id] or reopened.stats["segments_created_late"]
+               for n in returned)
+
+    def caught_up():
+        for node in returned:
+            with NodeClient(node.address, volume_id=volume.volume_id) as client:
+                try:
+                    if client.status_segment(pg)["scl"] < lsn:
+                        return False
+                except KeyError:
+                    return False
+        return True
+
+    deadline = time.monotonic() + 30
+    while not caught_up():
+        assert time.monotonic() < deadline, "az1 never got PG %d's segment and records" % pg
+        time.sleep(0.2)
+    assert reopened.stats["segments_created_late"] >= len(returned)
+    assert not any(pg in reopened.segments_missing[n.node_id] for n in returned)
+    assert reopened.read(PAGES_PER_PG * pg)[:100] == b"b" * 100
     reopened.close()
