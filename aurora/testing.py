@@ -123,6 +123,24 @@ class RedoWorkload:
             [r["prev_lsn_page"] for r in rows], [r["page_no"] for r in rows],
             [r["type"] for r in rows], [r["flags"] for r in rows], [r["payload"] for r in rows])
 
+    def truncate(self, after, through):
+        """The model of a writer recovery's truncation (after, through]: records above
+        ``after`` never happened, and the next writer's records start above ``through``,
+        chained to what is left."""
+        self.prev_lsn_pg = 0
+        for page_no in list(self.history):
+            kept = [(lsn, data) for lsn, data in self.history[page_no] if lsn <= after]
+            if kept:
+                self.history[page_no] = kept
+                self.content[page_no] = kept[-1][1]
+                self.prev_lsn_page[page_no] = kept[-1][0]
+                self.prev_lsn_pg = max(self.prev_lsn_pg, kept[-1][0])
+            else:
+                del self.history[page_no]
+                self.content.pop(page_no, None)
+                self.prev_lsn_page.pop(page_no, None)
+        self.lsn = max(self.lsn, through)
+
     def page_at(self, page_no, lsn):
         """The reference model: the page after every record <= lsn."""
         content = bytes(self.page_size)

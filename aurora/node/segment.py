@@ -1140,9 +1140,15 @@ class Segment:
         self._dirty_pages.update(changed)
         dropped_versions = bool(changed)
         add_range(self.state["truncations"], after, through)
-        if self.state["materialized_lsn"] > after:
-            self.state["materialized_lsn"] = after
+        # A complete pass at a target above `after` no longer vouches for anything: versions
+        # above `after` are gone, and a page whose versions all were has none left for its
+        # records at or below it.  The highest complete target at or below `after` still
+        # does (its versions all lie at or below it); with none, nothing does.  (It used to
+        # become `after` itself, which claimed such pages were covered: after a restart, GC
+        # deleted their records -- tests/test_node_gc.py's crash test with truncations.)
         del self._pass_targets[bisect.bisect_right(self._pass_targets, after):]
+        if self.state["materialized_lsn"] > after:
+            self.state["materialized_lsn"] = self._pass_targets[-1] if self._pass_targets else 0
         if durable:
             if dropped_versions:
                 self.pages.sync()
