@@ -38,6 +38,15 @@ def test_swarm_seeds_pass():
                                    for s, m in failures)
 
 
+def test_long_seeds_pass_and_collect_log_files():
+    """Long runs (600 MTRs, frequent background slices) are where GC deletes whole log files
+    under faults; a default run never gets that far."""
+    deleted = 0
+    for seed in range(3):
+        deleted += run_seed(seed, long=True).stats["log_files_deleted"]
+    assert deleted > 0
+
+
 def test_same_seed_same_run():
     a = run_seed(7, swarm=True)
     b = run_seed(7, swarm=True)

@@ -57,7 +57,7 @@ class Faults:
     """Fault probabilities for one seed.  Defaults are moderate; swarm mode draws each one
     from the seed, so some seeds hammer one fault and others never see it."""
 
-    def __init__(self, rng=None):
+    def __init__(self, rng=None, long=False):
         self.drop = 0.02
         self.duplicate = 0.02
         self.delay_ms = (0.2, 4.0)
@@ -89,6 +89,10 @@ class Faults:
             self.gossip_ms = rng.choice((30.0, 60.0, 150.0))
             self.mtr_ms = rng.choice((2.0, 6.0, 15.0))
             self.mtrs = rng.randint(20, 60)
+        if long:
+            # Long runs: enough redo that logs roll over many times, LWMs become durable and
+            # GC deletes whole log files between the faults (40 MTRs never got that far).
+            self.mtrs = 600
 
     def describe(self):
         return ", ".join("%s=%s" % (k, v) for k, v in sorted(vars(self).items()))
@@ -209,6 +213,14 @@ class SimNode:
     @property
     def up(self):
         return self.core is not None
+
+    def gc_counts(self):
+        """(log files deleted, file passes asked for) by this node's segments since it started."""
+        deleted = passes = 0
+        for segment in self.core.segments():
+            deleted += segment.gc_stats["log_files_deleted"]
+            passes += segment.gc_stats["file_passes"]
+        return deleted, passes
 
     def start(self):
         world = self.world
@@ -577,10 +589,11 @@ class SimWriter:
 # ---- the world ---------------------------------------------------------------------------
 
 class World:
-    def __init__(self, seed, swarm=False, bug=None):
+    def __init__(self, seed, swarm=False, bug=None, long=False):
         self.seed = seed
         self.rng = random.Random(seed)
-        self.faults = Faults(random.Random(seed ^ 0x5EED) if swarm else None)
+        self.long = long
+        self.faults = Faults(random.Random(seed ^ 0x5EED) if swarm else None, long)
         # Whether a background step may begin a materialization pass: spaced out as the
         # server's MATERIALIZE_PASS_INTERVAL_S does, so a held LWM meets file passes.  Its own
         # stream, so the choice leaves the world's stream (and every seed's faults) as it was.
@@ -604,7 +617,7 @@ class World:
         self.writer = None
         self.stats = {"messages": 0, "dropped": 0, "crashes": 0, "recoveries": 0, "flips": 0,
                       "partitions": 0, "writer_crashes": 0, "deposals": 0, "mtrs": 0, "reads": 0,
-                      "background_errors": 0}
+                      "background_errors": 0, "log_files_deleted": 0, "file_passes": 0}
         self.recovering = False         # a recovery is between its steps (time passes there)
         self.deposed = []               # writers replaced while alive: they keep running
 
@@ -752,6 +765,30 @@ class World:
             if self.rng.random() < 0.1:
                 node.core.persist_vdl_hints()
         self.at(self.faults.gossip_ms * self.rng.uniform(0.5, 1.5), self.ev_gossip, node)
+
+    def ev_background(self, node):
+        """Long runs: a node's background slice between gossip rounds, often enough that
+        LWMs become durable and GC deletes whole log files within the run, the way a node's
+        loop runs one every 20 ms.  Its timing and choices come from ``pass_rng``, so the
+        world's stream, and with it the seed's faults, stay as they were."""
+        r = self.pass_rng
+        if self.nested:                 # inside a gossip exchange's network time
+            self.at(self.faults.delay_ms[1] * 2, self.ev_background, node)
+            return
+        if node.up and node.node_id not in self.lost:
+            before = node.gc_counts()
+            try:
+                node.core.background_step(materialize_pages=r.choice([1, 8, 64]), scrub_bytes=4096, gc=True,
+                                          start_passes=r.random() < 0.3)
+            except errors.AuroraError:
+                self.stats["background_errors"] += 1
+            after = node.gc_counts()
+            self.stats["log_files_deleted"] += after[0] - before[0]
+            self.stats["file_passes"] += after[1] - before[1]
+            if r.random() < 0.2:
+                node.core.persist_vdl_hints()
+        if not self.final:
+            self.at(r.uniform(2.0, 10.0), self.ev_background, node)
 
     def ev_fault(self):
         if self.quiet:
@@ -988,6 +1025,8 @@ class World:
         self.at(10.0, self.ev_fault)
         for node in self.nodes:
             self.at(self.rng.uniform(0, self.faults.gossip_ms), self.ev_gossip, node)
+            if self.long:
+                self.at(self.pass_rng.uniform(0, 10.0), self.ev_background, node)
 
     def run_until(self, predicate, limit_ms):
         end = self.now + limit_ms
@@ -1109,9 +1148,9 @@ def planted(bug):
         node_core.accept_gossip_records = node_gossip.accept_gossip_records = original
 
 
-def run_seed(seed, swarm=False, bug=None):
+def run_seed(seed, swarm=False, bug=None, long=False):
     """Run one seed.  Returns the world (stats, faults) on success; raises Violation."""
-    world = World(seed, swarm, bug)
+    world = World(seed, swarm, bug, long)
     logging.disable(logging.WARNING)    # nodes log refused gossip and repairs; the checks speak
     with planted(bug):
         try:
