@@ -4,7 +4,8 @@ import time
 import pytest
 
 from aurora import _native, errors
-from aurora.node.segment import LOG_HEADER_SIZE, ReadPointRefused, Segment
+from aurora.node.disk import RealDisk
+from aurora.node.segment import LOG_HEADER_SIZE, LOG_ZERO_AHEAD_BYTES, LogFile, ReadPointRefused, Segment
 from aurora.testing import RedoWorkload, feed_segment as feed, materialize_all
 
 PAGE_SIZE = 1024
@@ -316,8 +317,7 @@ def test_records_of_another_pg_are_refused(tmp_path):
 
 
 def test_log_append_copy_copies_exactly_and_checks_bounds():
-    """The front-to-back copy every log append goes through (a node killed mid-append must
-    leave a torn tail, not a bad record followed by good ones)."""
+    """The front-to-back copy into a mapping (a process killed mid-copy leaves a prefix)."""
     target = bytearray(256)
     source = bytes(range(1, 200))
     for offset, length in ((0, 0), (0, 1), (3, 31), (5, 32), (7, 33), (17, 199), (57, 199)):
@@ -331,3 +331,68 @@ def test_log_append_copy_copies_exactly_and_checks_bounds():
         _native.log_append_copy(target, -1, b"x")
     with pytest.raises(BufferError):
         _native.log_append_copy(b"read-only", 0, b"x")
+
+
+class CountingDisk(RealDisk):
+    """The real disk, noting every pwrite as (offset, length); ``fail_at`` makes the pwrite
+    of that index (0-based) raise, as a node killed between two writes would stop."""
+
+    def __init__(self, fail_at=None):
+        self.writes = []
+        self.fail_at = fail_at
+
+    def pwrite(self, fd, data, offset):
+        if self.fail_at is not None and len(self.writes) == self.fail_at:
+            raise OSError("simulated stop before write %d" % self.fail_at)
+        self.writes.append((offset, len(data)))
+        return os.pwrite(fd, data, offset)
+
+
+def test_log_appends_write_through_pwrite_and_zero_ahead_once_per_run(tmp_path):
+    size = LOG_HEADER_SIZE + 2 * LOG_ZERO_AHEAD_BYTES + 4096
+    disk = CountingDisk()
+    log = LogFile.create(str(tmp_path / "log-00000001.aur"), 1, size, 1, 0, disk)
+    # Bytes past the tail that are not zero (what the zeroing must overwrite).
+    os.pwrite(log.fd, b"\xaa" * (size - LOG_HEADER_SIZE), LOG_HEADER_SIZE)
+    disk.writes.clear()
+    record = bytes(range(1, 101))
+    assert log.append(record) == LOG_HEADER_SIZE
+    end = LOG_HEADER_SIZE + 100
+    assert log.zeroed_end == end + LOG_ZERO_AHEAD_BYTES
+    assert log.mm[LOG_HEADER_SIZE:end] == record          # visible through the mapping
+    assert not any(log.mm[end:log.zeroed_end])
+    assert log.mm[log.zeroed_end:log.zeroed_end + 8] == b"\xaa" * 8
+    assert disk.writes == [(end, LOG_ZERO_AHEAD_BYTES), (LOG_HEADER_SIZE, 100)]
+    # Appends inside the zeroed run write their bytes only.
+    for i in range(10):
+        log.append(record)
+    assert len(disk.writes) == 12 and log.zeroed_end == end + LOG_ZERO_AHEAD_BYTES
+    # The next run starts where an append crosses the end of the last one; the last run
+    # stops at the end of the file.
+    log.append(bytes(LOG_ZERO_AHEAD_BYTES))
+    assert log.zeroed_end == log.tail + LOG_ZERO_AHEAD_BYTES
+    log.append(bytes(size - log.tail - 10))
+    assert log.zeroed_end == size and log.tail == size - 10
+    assert not any(log.mm[log.tail:size])
+    with pytest.raises(ValueError, match="overflows log file"):
+        log.append(bytes(11))
+    log.close()
+
+
+def test_restart_after_zeroed_appends_scans_clean_and_appends_zero_from_the_new_tail(tmp_path):
+    workload, path, offsets, tail, scl = written_segment(tmp_path, seed=21, batches=4)
+    segment = open_segment(tmp_path / "seg")
+    assert not segment.state["needs_repair"], segment.corruption
+    assert segment.files[0].tail == tail and segment.scl == scl
+    assert segment.files[0].zeroed_end == 0          # unknown after an open
+    feed(segment, workload, workload.records(6))
+    log = segment.files[0]
+    assert log.zeroed_end == min(log.size, log.tail + LOG_ZERO_AHEAD_BYTES)
+    scl = segment.scl
+    segment.sync()
+    segment.close()
+    segment = open_segment(tmp_path / "seg")
+    assert not segment.state["needs_repair"], segment.corruption
+    assert segment.scl == scl
+    assert_reads_match(segment, workload, [scl])
+    segment.close()
