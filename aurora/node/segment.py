@@ -25,7 +25,7 @@ from aurora import errors
 from aurora import _native
 from aurora.node.disk import REAL_DISK
 from aurora.node.files import read_json, write_json_durably
-from aurora.node.pagestore import PageStore
+from aurora.node.pagestore import SLOT_WORD_FREE, PageStore
 
 LOG_HEADER = struct.Struct("<IHHIIQIIQ")  # magic, version, flags, crc, reserved, volume, pg, reserved, seq
 LOG_HEADER_SIZE = 64
@@ -1043,7 +1043,7 @@ class Segment:
     def _free_corrupt_slot(self, slot):
         pages = self.pages
         self._unlist_slot(slot)
-        struct.pack_into("<II", pages.mm, pages._slot_offset(slot), 0, 0)
+        pages._pwrite(SLOT_WORD_FREE, pages._slot_offset(slot))
         pages.free_slots.append(slot)
         pages.corrupt_slots = [c for c in pages.corrupt_slots if c[0] != slot]
         pages.dirty = True
