@@ -4,7 +4,9 @@ import time
 import pytest
 
 from aurora import _native, errors
-from aurora.node.segment import LOG_HEADER_SIZE, ReadPointRefused, Segment
+from aurora.node.disk import RealDisk
+from aurora.node.pagestore import SLOT_HEADER_SIZE, PageStore
+from aurora.node.segment import LOG_HEADER_SIZE, LOG_ZERO_AHEAD_BYTES, LogFile, ReadPointRefused, Segment
 from aurora.testing import RedoWorkload, feed_segment as feed, materialize_all
 
 PAGE_SIZE = 1024
@@ -316,8 +318,7 @@ def test_records_of_another_pg_are_refused(tmp_path):
 
 
 def test_log_append_copy_copies_exactly_and_checks_bounds():
-    """The front-to-back copy every log append goes through (a node killed mid-append must
-    leave a torn tail, not a bad record followed by good ones)."""
+    """The front-to-back copy into a mapping (a process killed mid-copy leaves a prefix)."""
     target = bytearray(256)
     source = bytes(range(1, 200))
     for offset, length in ((0, 0), (0, 1), (3, 31), (5, 32), (7, 33), (17, 199), (57, 199)):
@@ -331,3 +332,108 @@ def test_log_append_copy_copies_exactly_and_checks_bounds():
         _native.log_append_copy(target, -1, b"x")
     with pytest.raises(BufferError):
         _native.log_append_copy(b"read-only", 0, b"x")
+
+
+class CountingDisk(RealDisk):
+    """The real disk, noting every pwrite as (offset, length); ``fail_at`` makes the pwrite
+    of that index (0-based) raise, as a node killed between two writes would stop."""
+
+    def __init__(self, fail_at=None):
+        self.writes = []
+        self.fail_at = fail_at
+
+    def pwrite(self, fd, data, offset):
+        if self.fail_at is not None and len(self.writes) == self.fail_at:
+            raise OSError("simulated stop before write %d" % self.fail_at)
+        self.writes.append((offset, len(data)))
+        return os.pwrite(fd, data, offset)
+
+
+def test_log_appends_write_through_pwrite_and_zero_ahead_once_per_run(tmp_path):
+    size = LOG_HEADER_SIZE + 2 * LOG_ZERO_AHEAD_BYTES + 4096
+    disk = CountingDisk()
+    log = LogFile.create(str(tmp_path / "log-00000001.aur"), 1, size, 1, 0, disk)
+    # Bytes past the tail that are not zero (what the zeroing must overwrite).
+    os.pwrite(log.fd, b"\xaa" * (size - LOG_HEADER_SIZE), LOG_HEADER_SIZE)
+    disk.writes.clear()
+    record = bytes(range(1, 101))
+    assert log.append(record) == LOG_HEADER_SIZE
+    end = LOG_HEADER_SIZE + 100
+    assert log.zeroed_end == end + LOG_ZERO_AHEAD_BYTES
+    assert log.mm[LOG_HEADER_SIZE:end] == record          # visible through the mapping
+    assert not any(log.mm[end:log.zeroed_end])
+    assert log.mm[log.zeroed_end:log.zeroed_end + 8] == b"\xaa" * 8
+    assert disk.writes == [(end, LOG_ZERO_AHEAD_BYTES), (LOG_HEADER_SIZE, 100)]
+    # Appends inside the zeroed run write their bytes only.
+    for i in range(10):
+        log.append(record)
+    assert len(disk.writes) == 12 and log.zeroed_end == end + LOG_ZERO_AHEAD_BYTES
+    # The next run starts where an append crosses the end of the last one; the last run
+    # stops at the end of the file.
+    log.append(bytes(LOG_ZERO_AHEAD_BYTES))
+    assert log.zeroed_end == log.tail + LOG_ZERO_AHEAD_BYTES
+    log.append(bytes(size - log.tail - 10))
+    assert log.zeroed_end == size and log.tail == size - 10
+    assert not any(log.mm[log.tail:size])
+    with pytest.raises(ValueError, match="overflows log file"):
+        log.append(bytes(11))
+    log.close()
+
+
+def test_restart_after_zeroed_appends_scans_clean_and_appends_zero_from_the_new_tail(tmp_path):
+    workload, path, offsets, tail, scl = written_segment(tmp_path, seed=21, batches=4)
+    segment = open_segment(tmp_path / "seg")
+    assert not segment.state["needs_repair"], segment.corruption
+    assert segment.files[0].tail == tail and segment.scl == scl
+    assert segment.files[0].zeroed_end == 0          # unknown after an open
+    feed(segment, workload, workload.records(6))
+    log = segment.files[0]
+    assert log.zeroed_end == min(log.size, log.tail + LOG_ZERO_AHEAD_BYTES)
+    scl = segment.scl
+    segment.sync()
+    segment.close()
+    segment = open_segment(tmp_path / "seg")
+    assert not segment.state["needs_repair"], segment.corruption
+    assert segment.scl == scl
+    assert_reads_match(segment, workload, [scl])
+    segment.close()
+
+
+def test_page_versions_written_by_pwrite_survive_reopen_and_frees_stick(tmp_path):
+    path = str(tmp_path / "pages.aur")
+    store = PageStore(path, 1, 0, PAGE_SIZE)
+    pages = {n: bytes([n + 1]) * PAGE_SIZE for n in range(4)}
+    slots = {n: store.write(n, 10 + n, page) for n, page in pages.items()}
+    for n, page in pages.items():
+        assert store.read(slots[n], n) == page          # reads go through the mapping
+    store.write(0, 50, bytes([9]) * PAGE_SIZE)
+    assert store.drop_versions(1, lambda lsn: True) == 1
+    store.close()
+    store = PageStore(path, 1, 0, PAGE_SIZE)
+    assert not store.corrupt_slots
+    assert store.versions[0] == [[10, slots[0]], [50, store.versions[0][1][1]]]
+    assert 1 not in store.versions                   # the freed slot stays free on disk
+    assert store.read(slots[3], 3) == pages[3]
+    store.close()
+
+
+def test_a_page_version_whose_slot_word_never_landed_reads_as_free(tmp_path):
+    """A version is two writes, the slot's bytes from offset 8 on and then its crc+flags
+    word: a node stopped between them leaves a free slot, never a corrupt one."""
+    path = str(tmp_path / "pages.aur")
+    store = PageStore(path, 1, 0, PAGE_SIZE)
+    store.write(0, 10, bytes([1]) * PAGE_SIZE)
+    store.sync()
+    store.close()
+    disk = CountingDisk(fail_at=1)
+    store = PageStore(path, 1, 0, PAGE_SIZE, disk=disk)
+    with pytest.raises(OSError, match="simulated stop"):
+        store.write(0, 20, bytes([2]) * PAGE_SIZE)
+    offset, length = disk.writes[0]
+    assert length == SLOT_HEADER_SIZE - 8 + PAGE_SIZE and (offset - 8 - 64) % (SLOT_HEADER_SIZE + PAGE_SIZE) == 0
+    store.mm.close()
+    os.close(store.fd)
+    store = PageStore(path, 1, 0, PAGE_SIZE)
+    assert not store.corrupt_slots
+    assert [v[0] for v in store.versions[0]] == [10]
+    store.close()

@@ -33,6 +33,8 @@ SLOT_HEADER = struct.Struct("<IIIIQQ")
 SLOT_HEADER_SIZE = SLOT_HEADER.size
 assert SLOT_HEADER_SIZE == 32
 SLOT_IN_USE = 1
+SLOT_WORD = struct.Struct("<II")           # crc, flags: a slot's first 8 bytes
+SLOT_WORD_FREE = SLOT_WORD.pack(0, 0)
 SLOTS_INITIAL = 64
 # ``recent`` (versions above a floor, for truncation) is pruned only once it has grown this
 # much past what the last prune kept, so pruning costs O(versions written since), not O(pages).
@@ -243,11 +245,19 @@ class PageStore:
                 self._grow()
         slot = self.free_slots.pop()
         off = self._slot_offset(slot)
-        self.mm[off + SLOT_HEADER_SIZE:off + self.slot_size] = page
-        SLOT_HEADER.pack_into(self.mm, off, 0, 0, page_no, self.page_size, lsn, 0)
-        crc = _native.crc_mask(crc32c(struct.pack("<I", SLOT_IN_USE) + bytes(self.mm[off + 8:off + self.slot_size])))
-        # The crc+flags word goes last: until it lands the slot reads as free.
-        struct.pack_into("<II", self.mm, off, crc, SLOT_IN_USE)
+        # The slot is built in memory and written with pwrite, not through the mapping: a
+        # store to a mapped page the last sync wrote back takes a write-protect fault (two
+        # per version: a slot straddles two memory pages), and the sync must first take the
+        # page's mapping back to read-only.  Reads still go through the mapping.
+        image = bytearray(self.slot_size)
+        image[SLOT_HEADER_SIZE:] = page
+        SLOT_HEADER.pack_into(image, 0, 0, SLOT_IN_USE, page_no, self.page_size, lsn, 0)
+        with memoryview(image) as view:
+            crc = _native.crc_mask(crc32c(view[4:]))
+            # The crc+flags word goes last, in a write of its own: until it lands the slot
+            # reads as free (a free slot's word is zero on disk; see _free and sync).
+            self._pwrite(view[8:], off + 8)
+        self._pwrite(SLOT_WORD.pack(crc, SLOT_IN_USE), off)
         self._insert_version(page_no, lsn, slot)
         self.dirty = True
         self.writes_unsynced += 1
@@ -274,8 +284,13 @@ class PageStore:
             del self.versions[page_no]
         return dropped
 
+    def _pwrite(self, data, offset):
+        written = 0
+        while written < len(data):     # a regular file takes it whole; loop all the same
+            written += self.disk.pwrite(self.fd, data[written:], offset + written)
+
     def _free(self, slot):
-        struct.pack_into("<II", self.mm, self._slot_offset(slot), 0, 0)
+        self._pwrite(SLOT_WORD_FREE, self._slot_offset(slot))
         self.freed_unsynced.append(slot)
         self.dirty = True
 
