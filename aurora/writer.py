@@ -387,6 +387,12 @@ class LinkPump:
 
     def _round(self, connect):
         shared = self._take_outbox()
+        if not shared and not connect:
+            # A committer's (or the receiver's) round with no boxcar to send: nearly every
+            # commit at 16 threads, whose PG waits for its window.  Frames queued on a link
+            # are the sender thread's: whatever queues one wakes it (MemberLink.enqueue), and
+            # _connect queues resends within the sender's own round.
+            return
         outgoing = []
         for link in self.links:
             if not link.connected:
@@ -424,22 +430,24 @@ class LinkPump:
         v = self.volume
         outbox = v.outbox
         shared = []
-        ring_links = sum(1 for link in self.links if link.ring_ok) if v.ring is not None else 0
-        held = False
+        ring_links = -1          # counted once a PG has something to send
         held_pgs = []
         for pg in list(outbox):
             batches = outbox[pg]
             if not batches:
                 continue
-            flying = self.flying.setdefault(pg, collections.deque())
-            if flying:
+            flying = self.flying.get(pg)
+            if flying is None:
+                flying = self.flying[pg] = collections.deque()
+            elif flying:
                 pgcl = v.tracker.pgcl(pg)
                 while flying and flying[0] <= pgcl:
                     flying.popleft()
             if len(flying) >= APPEND_WINDOW:
-                held = True
                 held_pgs.append(pg)
                 continue
+            if ring_links < 0:
+                ring_links = sum(1 for link in self.links if link.ring_ok) if v.ring is not None else 0
             items = []
             while batches:
                 items.append(batches.popleft())
@@ -456,6 +464,7 @@ class LinkPump:
                 inline = None if slot is not None and ring_links == len(self.links) else p.encode_frame(
                     frame_type, body, request_id, v.volume_id, v.epoch, v.membership_epoch)
                 shared.append([pg, request_id, body, inline, slot, notice])
+        held = bool(held_pgs)
         self.held = held
         if self.acks is not None:
             self.acks.set_held(held)
