@@ -515,19 +515,22 @@ class LinkPump:
         """The bytes this round sends ``link``: its own queued frames, then the round's shared
         batches; None when there is nothing (or the link drops its traffic)."""
         items = []
-        while link.queue:
-            items.append(link.queue.popleft())
+        queue = link.queue
+        while queue:
+            items.append(queue.popleft())
         if link.drop_traffic:
             return None
         v = self.volume
         frames = []
         # The link's own frames first (resends after a reconnect, SET_EPOCH or CREATE_SEGMENT
-        # before the APPEND they unblock), then this round's shared batches.
-        for frame_type, pg, body in coalesce_appends(items):
-            request_id = self._request_id()
-            link.inflight[request_id] = (frame_type, pg, body)
-            frames.append(p.encode_frame(frame_type, body, request_id, v.volume_id, v.epoch,
-                                         v.membership_epoch))
+        # before the APPEND they unblock), then this round's shared batches.  (Nearly every
+        # round has none: six links a round, so no merge pass for an empty queue.)
+        if items:
+            for frame_type, pg, body in coalesce_appends(items):
+                request_id = self._request_id()
+                link.inflight[request_id] = (frame_type, pg, body)
+                frames.append(p.encode_frame(frame_type, body, request_id, v.volume_id, v.epoch,
+                                             v.membership_epoch))
         for item in shared:
             pg, request_id, body, inline, slot, notice = item
             if link.node_id not in v.member_sets.get(pg, ()):
