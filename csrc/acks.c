@@ -245,15 +245,12 @@ void aur_acks_clear_completed(aur_acks *rx) {
 
 /* Feed one ACK to the tracker; notes a PGCL step for the WINDOW event. */
 static void ack_apply(aur_acks *rx, aur_quorum *q, aur_ack *ack) {
-    uint64_t before = 0, after = 0;
     /* An SCL above everything registered says nothing more (it can only come from a member
-     * that has not truncated yet); the tracker refuses it, so clamp (as the writer always has). */
-    uint64_t highest = aur_quorum_highest_lsn(q);
-    uint64_t scl = ack->scl < highest ? ack->scl : highest;
-    aur_quorum_pgcl(q, ack->pg, &before);
-    if (aur_quorum_ack(q, ack->pg, ack->member, scl, NULL) != AUR_OK) return;
-    aur_quorum_pgcl(q, ack->pg, &after);
-    if (after > before) rx->window = 1;
+     * that has not truncated yet); the tracker refuses it, so it clamps (as the writer always
+     * has), in the same trip through its mutex. */
+    int pgcl_moved = 0;
+    if (aur_quorum_ack_clamped(q, ack->pg, ack->member, ack->scl, &pgcl_moved) != AUR_OK) return;
+    if (pgcl_moved) rx->window = 1;
 }
 
 /* Handle the whole ACK frames at the front of link's buffer; compacts what is left.  Returns 1

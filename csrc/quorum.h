@@ -19,9 +19,10 @@
  * (registered in increasing order, retired from the front); an indexed min-heap over the PGs
  * whose FIFO is not empty, keyed by the FIFO's head, gives VCL; a global FIFO of CPLs gives VDL.
  *
- * Threading: every function may be called from any thread; one mutex guards the state.  Each
- * waiting thread has its own condition variable (CLOCK_MONOTONIC) in a list sorted by the LSN
- * it waits for: when VDL advances only the waiters it covers are woken; a failure wakes all.
+ * Threading: every function may be called from any thread; one mutex guards the state.  The
+ * waiting threads sit in a list sorted by the LSN they wait for: when VDL advances only the
+ * waiters it covers are woken (on Linux through a futex each, after the mutex is released;
+ * elsewhere a condition variable each, CLOCK_MONOTONIC); a failure wakes all.
  * aur_quorum_free must not race with any other call.
  *
  * Every function returning int returns AUR_OK (0) or a negative enum aur_status
@@ -87,6 +88,14 @@ int aur_quorum_sent(aur_quorum *q, uint32_t pg, uint32_t count, const uint64_t *
  * nothing changes then.  The tracker's failure code if aur_quorum_fail was called. */
 int aur_quorum_ack(aur_quorum *q, uint32_t pg, uint32_t member, uint64_t scl,
                    uint64_t *vdl_out);
+
+/* aur_quorum_ack with `scl` first lowered to the highest registered LSN (an SCL above it says
+ * nothing more: it can only come from a member that has not truncated yet), all under one
+ * lock.  *pgcl_moved is set to 1 if the PG's PGCL rose (the ACK may open a held boxcar's
+ * window), else 0.  Same results as aur_quorum_ack.  The ACK receiver's one call per ACK (it
+ * took the mutex four times: highest LSN, PGCL before, ack, PGCL after). */
+int aur_quorum_ack_clamped(aur_quorum *q, uint32_t pg, uint32_t member, uint64_t scl,
+                           int *pgcl_moved);
 
 /* Block until VDL >= lsn: AUR_OK.  AUR_E_TIMEOUT after `timeout_ns` nanoseconds (measured on
  * CLOCK_MONOTONIC; < 0, or more than AUR_QUORUM_TIMEOUT_NS_MAX, waits forever; 0 only

@@ -306,6 +306,43 @@ def test_fail_wakes_every_waiter_with_the_mapped_error(Tracker):
         assert isinstance(error, errors.CorruptionError)
 
 
+def test_waiters_released_as_their_deadlines_pass(Tracker):
+    """Releases racing timeouts: on Linux a released waiter is woken after the tracker's mutex
+    is let go, so one whose deadline passes meanwhile must still wait for its waker to be
+    done with it.  Every wait ends with "ok" exactly when VDL covers its LSN, or with a timeout
+    while VDL is still below it; none hangs, none returns early."""
+    t = Tracker()
+    committers, rounds = 8, 150
+    t.sent(0, list(range(1, committers * rounds + 1)), [1] * (committers * rounds))
+    failures = []
+
+    def committer(c):
+        for r in range(rounds):
+            lsn = r * committers + c + 1
+            try:
+                t.wait(lsn, timeout=random.choice((0.0005, 0.001, 0.002)))
+                if t.vdl < lsn:
+                    failures.append(("ok below VDL", lsn, t.vdl))
+            except errors.QuorumTimeoutError:
+                pass                       # VDL may pass lsn just after the deadline
+            except Exception as error:    # recorded for the assertion
+                failures.append((lsn, error))
+
+    threads = [threading.Thread(target=committer, args=(c,), daemon=True) for c in range(committers)]
+    for thread in threads:
+        thread.start()
+    scl = 0
+    # Bounded: one step per LSN; each makes VDL jump by one to three LSNs, waking a few.
+    while scl < committers * rounds:
+        scl = min(scl + random.randint(1, 3), committers * rounds)
+        ack_all(t, 0, scl, members=range(4))
+        time.sleep(0.0002)
+    for thread in threads:
+        thread.join(JOIN_S)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
+    assert t.vdl == committers * rounds
+
 def test_wait_releases_the_gil(Tracker):
     t = Tracker()
     t.sent(0, [1], [1])

@@ -2,9 +2,11 @@
 are known to be zero until written (no GetPage), and uncached pages are fetched outside the
 log lock."""
 import random
+import struct
 
 import pytest
 
+from aurora import protocol as p
 from aurora.cluster import Cluster
 from aurora.testing import wait_for
 
@@ -158,3 +160,26 @@ def test_send_all_writes_every_byte_and_reports_each_socket():
         for a, b in pairs:
             a.close()
             b.close()
+
+
+def test_a_round_with_no_boxcar_leaves_a_links_frames_to_the_sender_thread(tmp_path):
+    # Nearly every commit at 16 threads runs a send round that has no boxcar to send (its
+    # PG waits for its window).  Such a round returns at once; frames queued on a link are
+    # sent by the sender thread, which whatever queues them wakes.
+    with Cluster.local(str(tmp_path / "fleet"), log_file_bytes=1 << 20) as cluster:
+        volume = cluster.open_volume("round")
+        volume.write(1, b"x" * 100)
+        volume.commit()
+        pump = volume.pump
+        link = next(link for link in pump.links if link.connected)
+        hint = (p.FRAME_VOLUME_HINT, 0, struct.pack("<Q", volume.vdl))
+        with pump.round_lock:                  # no other round meanwhile
+            link.queue.append(hint)            # queued without waking the sender
+            pump._round(connect=False)         # a committer's round: nothing to send
+            assert list(link.queue) == [hint]
+        pump.wake_sender()
+        wait_for(lambda: not link.queue, "the sender thread to send the link's frame")
+        volume.write(2, b"y" * 100)
+        assert volume.commit() == volume.vdl
+        assert volume.read(2)[:100] == b"y" * 100
+        volume.close()
