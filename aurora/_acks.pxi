@@ -6,10 +6,6 @@ import os as _acks_os
 from libc.errno cimport errno
 
 cdef extern from "acks.h" nogil:
-    unsigned int AUR_FRAME_HEADER_BYTES
-    unsigned int AUR_FRAME_TYPE_ACK
-    unsigned int AUR_FRAME_ACK_BYTES
-    unsigned int AUR_FRAME_LENGTH_MAX
     unsigned int AUR_ACKS_LINKS_MAX
     unsigned int AUR_ACKS_BUFFER_BYTES
     unsigned int AUR_ACKS_COMPLETED_MAX
@@ -55,6 +51,10 @@ cdef extern from "acks.h" nogil:
                      aur_acks_event *event)
 
 FRAME_ACK_BYTES = AUR_FRAME_ACK_BYTES
+FRAME_HEADER_BYTES = AUR_FRAME_HEADER_BYTES
+FRAME_CRC_START = AUR_FRAME_CRC_START
+FRAME_LENGTH_MAX = AUR_FRAME_LENGTH_MAX
+FRAME_TYPE_ACK = AUR_FRAME_TYPE_ACK
 ACKS_LINKS_MAX = AUR_ACKS_LINKS_MAX
 ACKS_BUFFER_BYTES = AUR_ACKS_BUFFER_BYTES
 ACKS_COMPLETED_MAX = AUR_ACKS_COMPLETED_MAX

@@ -325,13 +325,15 @@ def apply_log_chain(page, uint64_t page_lsn, list lsns, dict records, dict files
         PyBuffer_Release(&page_view)
 
 
-cdef enum:
-    # The ACK frame: protocol.py's frame header (FRAME_MAGIC_HEADER, "<IHHIIQQQ", 40 bytes,
-    # CRC32C of bytes 12.. stored masked at 8) and ACK_BODY ("<IIQQ", 24 bytes).  The test
-    # compares every byte with protocol.encode_frame, which stays the one definition.
-    ACK_FRAME_HEADER_SIZE = 40
-    ACK_FRAME_CRC_START = 12
-    ACK_FRAME_SIZE = 64
+cdef extern from "frame.h":
+    # The ACK frame's layout, shared with the writer's ACK receiver (csrc/frame.h; the test
+    # compares every byte with protocol.encode_frame, which stays the one definition).
+    enum:
+        AUR_FRAME_HEADER_BYTES
+        AUR_FRAME_CRC_START
+        AUR_FRAME_LENGTH_MAX
+        AUR_FRAME_TYPE_ACK
+        AUR_FRAME_ACK_BYTES
 
 
 cdef inline void _put_u16(uint8_t *out, uint16_t value):
@@ -357,8 +359,8 @@ def encode_ack_frame(uint16_t frame_type, uint32_t request_id, uint64_t volume_i
     ACK_BODY.pack(pg, 0, scl, last_lsn), request_id, volume_id, volume_epoch,
     membership_epoch) returns, built without the Python struct and bytes calls (one per
     APPEND on every node).  Out-of-range fields are OverflowError."""
-    cdef uint8_t out[ACK_FRAME_SIZE]
-    _put_u32(out, ACK_FRAME_SIZE)
+    cdef uint8_t out[AUR_FRAME_ACK_BYTES]
+    _put_u32(out, AUR_FRAME_ACK_BYTES)
     _put_u16(out + 4, frame_type)
     _put_u16(out + 6, 0)
     _put_u32(out + 12, request_id)
@@ -369,6 +371,6 @@ def encode_ack_frame(uint16_t frame_type, uint32_t request_id, uint64_t volume_i
     _put_u32(out + 44, 0)
     _put_u64(out + 48, scl)
     _put_u64(out + 56, last_lsn)
-    _put_u32(out + 8, aur_crc_mask(aur_crc32c(0, out + ACK_FRAME_CRC_START,
-                                              ACK_FRAME_SIZE - ACK_FRAME_CRC_START)))
-    return PyBytes_FromStringAndSize(<char *>out, ACK_FRAME_SIZE)
+    _put_u32(out + 8, aur_crc_mask(aur_crc32c(0, out + AUR_FRAME_CRC_START,
+                                              AUR_FRAME_ACK_BYTES - AUR_FRAME_CRC_START)))
+    return PyBytes_FromStringAndSize(<char *>out, AUR_FRAME_ACK_BYTES)

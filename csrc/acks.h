@@ -26,14 +26,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "frame.h"
 #include "quorum.h"
-
-#define AUR_FRAME_HEADER_BYTES 40u
-#define AUR_FRAME_CRC_START 12u
-#define AUR_FRAME_LENGTH_MAX (64u * 1024u * 1024u + 4096u)
-#define AUR_FRAME_TYPE_ACK 2u
-#define AUR_FRAME_ACK_BODY_BYTES 24u
-#define AUR_FRAME_ACK_BYTES (AUR_FRAME_HEADER_BYTES + AUR_FRAME_ACK_BODY_BYTES)
 
 /* Member connections one aur_acks serves (a volume's nodes: 6, more during a move). */
 #define AUR_ACKS_LINKS_MAX 64u

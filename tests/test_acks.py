@@ -22,7 +22,12 @@ def ok_frame(request_id=9):
 
 
 def test_constants_agree_with_the_python_protocol():
+    # csrc/frame.h repeats these for the C that reads and writes ACK frames.
     assert _native.FRAME_ACK_BYTES == p.FRAME_HEADER_SIZE + p.ACK_BODY.size == len(ack(0, 1))
+    assert _native.FRAME_HEADER_BYTES == p.FRAME_HEADER_SIZE
+    assert _native.FRAME_CRC_START == p.FRAME_CRC_START
+    assert _native.FRAME_LENGTH_MAX == p.FRAME_LENGTH_MAX
+    assert _native.FRAME_TYPE_ACK == p.FRAME_ACK
 
 
 def test_parse_whole_acks_and_stop_at_a_partial_frame():
