@@ -941,6 +941,7 @@ class Volume:
         self._readers_lock = threading.Lock()
         self._closed = False
         self._fenced = None
+        self._broken = None                   # why the log can take no more MTRs (_break_log)
         self.volume_id = 0
         self.epoch = 0
         self.membership_epoch = 0
@@ -1358,6 +1359,8 @@ class Volume:
     # ---- the write path ----------------------------------------------------------------
 
     def _check_open(self):
+        if self._broken:
+            raise errors.VolumeClosed(self._broken)
         if self._closed:
             raise errors.VolumeClosed("volume %r is closed" % self.name)
         if self._fenced:
@@ -1452,7 +1455,7 @@ class Volume:
                 self._prefetch(changes)
                 break
         with self._lock:
-            if self._closed or self._fenced:
+            if self._closed or self._fenced or self._broken:
                 self._check_open()
             records = []   # (pg, page_no, type, payload, new image, page LSN before)
             pages_per_pg = self.pages_per_pg
@@ -1484,15 +1487,18 @@ class Volume:
             # one increasing run; the MTR's last record, the CPL, closes the whole MTR.
             if count > 1:
                 records.sort(key=lambda r: (r[0], r[1]))
-            members = self.members
             fresh_pgs = self.fresh_pgs
             for r in records:
-                if r[0] not in members:
+                if r[0] not in self.members:
                     self._ensure_pg(r[0])
                 written = fresh_pgs.get(r[0])
                 if written is not None:    # after _ensure_pg: a PG created for this MTR is fresh
                     index = r[1] % pages_per_pg
                     written[index >> 3] |= 1 << (index & 7)
+            # Only now: _ensure_pg writes the metadata, which replaces self.members with a new
+            # dict, so one taken before it lacked the second PG an MTR created (KeyError after
+            # the first PG's LSNs were registered, and every later commit failed: the chaos run).
+            members = self.members
             # One batch per PG run, encoded and registered with the tracker by one native call
             # (log_pg_run), without the numpy columns encode_batch and sent would build.
             vdl = tracker.vdl      # read once: a lower VDL only keeps more pages (invariant 7)
@@ -1503,66 +1509,76 @@ class Volume:
             outbox = self.outbox
             shipped_bytes = batch_bytes = 0
             start = 0
-            # Bounded by count: every pass takes at least one record.
-            while start < count:
-                pg = records[start][0]
-                end = start + 1
-                while end < count and records[end][0] == pg:
-                    end += 1
-                last = first + (end - start) - 1
-                if end - start == 1:
-                    r = records[start]
-                    run = (r,)
-                    page_nos, types, payloads, prev_lsn_page = [r[1]], [r[2]], [r[3]], [r[5]]
-                else:
-                    run = records[start:end]
-                    page_nos = [r[1] for r in run]
-                    types = [r[2] for r in run]
-                    payloads = [r[3] for r in run]
-                    prev_lsn_page = [r[5] for r in run]
-                prev_lsn_pg = prev_lsn_pgs.get(pg, 0)
-                if end - start <= _native.PG_RUN_RECORDS_MAX:
-                    batch = _native.log_pg_run(tracker, self.volume_id, pg, self.epoch,
-                                               self.membership_epoch, first, prev_lsn_pg, page_nos,
-                                               types, prev_lsn_page, payloads, last == cpl)
-                else:
-                    lsns = list(range(first, last + 1))
-                    flags = [0] * (end - start - 1) + [_native.FLAG_CPL if last == cpl else 0]
-                    batch = _native.encode_batch(self.volume_id, pg, self.epoch, self.membership_epoch,
-                                                 lsns, [prev_lsn_pg] + lsns[:-1], prev_lsn_page,
-                                                 page_nos, types, flags, payloads)
-                    tracker.sent(pg, np.array(lsns, dtype=np.uint64),
-                                 np.array([f != 0 for f in flags], dtype=np.uint8))
-                prev_lsn_pgs[pg] = last
-                # The new images go into the pool above VDL: never evicted until durable.
-                lsn = first
-                for r in run:
-                    pages[r[1]] = [r[4], lsn]
-                    pages.move_to_end(r[1])
-                    lsn += 1
-                ranges = pg_ranges.get(pg)
-                if ranges is not None and len(ranges[0]) < PG_RANGES_MAX:
-                    ranges[0].append(first)
-                    ranges[1].append(last)
-                else:
-                    self._remember_range(pg, first, last)
-                # Shipped once: the sender merges and frames the batch a single time for all
-                # members.
-                size = len(batch)
-                with self._retained_lock:
-                    retained = self.retained.get(pg)
-                    if retained is None:
-                        retained = self.retained[pg] = collections.deque()
-                    retained.append((first, last, batch))
-                    self.retained_bytes += size
-                shipped_bytes += size * len(members[pg])
-                batch_bytes += size
-                queue = outbox.get(pg)
-                if queue is None:
-                    queue = outbox[pg] = collections.deque()
-                queue.append((p.FRAME_APPEND, pg, batch))
-                first = last + 1
-                start = end
+            registered = False
+            try:
+                # Bounded by count: every pass takes at least one record.
+                while start < count:
+                    pg = records[start][0]
+                    end = start + 1
+                    while end < count and records[end][0] == pg:
+                        end += 1
+                    last = first + (end - start) - 1
+                    if end - start == 1:
+                        r = records[start]
+                        run = (r,)
+                        page_nos, types, payloads, prev_lsn_page = [r[1]], [r[2]], [r[3]], [r[5]]
+                    else:
+                        run = records[start:end]
+                        page_nos = [r[1] for r in run]
+                        types = [r[2] for r in run]
+                        payloads = [r[3] for r in run]
+                        prev_lsn_page = [r[5] for r in run]
+                    prev_lsn_pg = prev_lsn_pgs.get(pg, 0)
+                    if end - start <= _native.PG_RUN_RECORDS_MAX:
+                        batch = _native.log_pg_run(tracker, self.volume_id, pg, self.epoch,
+                                                   self.membership_epoch, first, prev_lsn_pg, page_nos,
+                                                   types, prev_lsn_page, payloads, last == cpl)
+                    else:
+                        lsns = list(range(first, last + 1))
+                        flags = [0] * (end - start - 1) + [_native.FLAG_CPL if last == cpl else 0]
+                        batch = _native.encode_batch(self.volume_id, pg, self.epoch, self.membership_epoch,
+                                                     lsns, [prev_lsn_pg] + lsns[:-1], prev_lsn_page,
+                                                     page_nos, types, flags, payloads)
+                        tracker.sent(pg, np.array(lsns, dtype=np.uint64),
+                                     np.array([f != 0 for f in flags], dtype=np.uint8))
+                    registered = True
+                    prev_lsn_pgs[pg] = last
+                    # The new images go into the pool above VDL: never evicted until durable.
+                    lsn = first
+                    for r in run:
+                        pages[r[1]] = [r[4], lsn]
+                        pages.move_to_end(r[1])
+                        lsn += 1
+                    ranges = pg_ranges.get(pg)
+                    if ranges is not None and len(ranges[0]) < PG_RANGES_MAX:
+                        ranges[0].append(first)
+                        ranges[1].append(last)
+                    else:
+                        self._remember_range(pg, first, last)
+                    # Shipped once: the sender merges and frames the batch a single time for all
+                    # members.
+                    size = len(batch)
+                    with self._retained_lock:
+                        retained = self.retained.get(pg)
+                        if retained is None:
+                            retained = self.retained[pg] = collections.deque()
+                        retained.append((first, last, batch))
+                        self.retained_bytes += size
+                    shipped_bytes += size * len(members[pg])
+                    batch_bytes += size
+                    queue = outbox.get(pg)
+                    if queue is None:
+                        queue = outbox[pg] = collections.deque()
+                    queue.append((p.FRAME_APPEND, pg, batch))
+                    first = last + 1
+                    start = end
+            except BaseException as exc:
+                if registered:
+                    # Some of this MTR's LSNs are registered and next_lsn cannot move
+                    # past them: every later MTR would fail with an order error.  Say so
+                    # once, clearly, and stop taking MTRs (reopening the volume recovers).
+                    self._break_log(exc)
+                raise
             if len(pages) > pool.capacity:
                 pool.evict(vdl)
             self.next_lsn = cpl + 1
@@ -1667,6 +1683,18 @@ class Volume:
             while retained and (retained[0][1] <= everyone or
                                 (self.retained_bytes > RETAINED_BYTES_MAX and retained[0][1] <= quorum)):
                 self.retained_bytes -= len(retained.popleft()[2])
+
+    def _break_log(self, exc):
+        """An error inside the log lock after some of an MTR's LSNs were registered with the
+        tracker: the log cannot go on (the next MTR's LSNs would collide with them).  Every
+        later write, commit and waiting committer gets VolumeClosed naming the cause; what
+        was acknowledged stays durable, and reopening the volume recovers the rest."""
+        if not self._broken:
+            self._broken = ("volume %r can take no more commits: an internal error left its log "
+                            "inconsistent (%s: %s); close it and open the volume again"
+                            % (self.name, type(exc).__name__, exc))
+            log.error(self._broken)
+            self.tracker.fail(-15)
 
     def _fence(self, why):
         if not self._fenced:
