@@ -5,6 +5,7 @@ increasing, PG and page backlinks, CPL flags closing each mini-transaction) and 
 every page's content at every LSN, so a node's GetPage@LSN can be checked at any read point.
 """
 import random
+import socket
 import threading
 import time
 
@@ -157,3 +158,74 @@ class RedoWorkload:
                 break
             page_lsn = at
         return page_lsn
+
+
+class HoldingProxy:
+    """A TCP relay in front of one node, for tests of a member that stops in the middle of a
+    reply.  Bytes pass both ways unchanged until ``hold()``; then the next chunk the node
+    sends on any connection reaches the client only in part (its first half) and the rest,
+    with everything after it on that connection, waits for ``release()``.  ``split`` is set
+    once a chunk has been cut.  ``address`` is the relay's ``tcp:`` address."""
+
+    def __init__(self, target_host, target_port):
+        self.target = (target_host, target_port)
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.address = "tcp:127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.split = threading.Event()
+        self._cond = threading.Condition()
+        self._holding = False
+        self._sockets = []
+        threading.Thread(target=self._accept, name="holding-proxy", daemon=True).start()
+
+    def hold(self):
+        with self._cond:
+            self._holding = True
+
+    def release(self):
+        with self._cond:
+            self._holding = False
+            self._cond.notify_all()
+
+    def close(self):
+        self.release()
+        for sock in [self.listener] + self._sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                return
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, source, sink, from_node):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                with self._cond:
+                    if from_node and self._holding and len(data) > 1:
+                        sink.sendall(data[:len(data) // 2])
+                        data = data[len(data) // 2:]
+                        self.split.set()
+                    while from_node and self._holding:
+                        self._cond.wait()
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

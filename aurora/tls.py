@@ -38,10 +38,10 @@ import threading
 import time
 
 HANDSHAKE_TIMEOUT_S = 5.0
-# A blocking reader (the writer's receiver thread, which serves every member link) that has
-# part of a TLS record waits at most this long for the rest, then gives that connection up
-# (the link reconnects and resends).  Short: while it waits, no other member's ACK is read.
-# Replies on member links are small records that arrive whole unless a node stops mid-send.
+# A blocking reader (TLSStream.recv: a NodeClient waiting for its one reply) that has part of
+# a TLS record waits at most this long for the rest, then gives that connection up.  The
+# writer's receiver, which serves every member link from one thread, never waits inside a
+# record (TLSStream.recv_nowait).
 RECORD_WAIT_S = 2.0
 READ_CHUNK_BYTES = 64 * 1024        # > the 16 KiB of plaintext one TLS record carries
 RAW_RECV_BYTES = 1 << 20
@@ -318,6 +318,17 @@ class TLSStream:
             self._sock.sendall(out)
 
     def recv(self, bufsize):
+        return self._read(wait=True)
+
+    def recv_nowait(self):
+        """For a reader that a selector on ``fileno()`` wakes: every byte of plaintext
+        available now, b"" at the end of the stream, or None when what has arrived is only
+        part of a record (the selector wakes the reader again when more comes).  It never
+        waits, so a member that stops mid-record holds up no other connection the same
+        thread reads (the writer's receiver serves all six links)."""
+        return self._read(wait=False)
+
+    def _read(self, wait):
         while True:
             with self._lock:
                 try:
@@ -334,7 +345,13 @@ class TLSStream:
                 return data
             if eof:
                 return b""
-            data = self._recv_raw()
+            if wait:
+                data = self._recv_raw()
+            else:
+                try:
+                    data = self._sock.recv(RAW_RECV_BYTES, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    return None
             if not data:
                 return b""
             with self._lock:

@@ -706,7 +706,11 @@ class LinkPump:
                     if type(sock) is socket.socket:
                         data = view[:sock.recv_into(buffer)]
                     else:
-                        data = sock.recv(RECV_BYTES)      # a TLSStream: its plaintext
+                        # A TLSStream: its plaintext, or None while only part of a record
+                        # has come (this thread must not wait inside one link's record).
+                        data = sock.recv_nowait()
+                        if data is None:
+                            continue
                     if not data:
                         raise ConnectionError("node %s closed the connection" % link.node_id)
                     link.reader.feed(data)     # feed copies the bytes

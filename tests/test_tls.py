@@ -16,7 +16,8 @@ from aurora.client import NodeClient
 from aurora.cluster import Cluster
 from aurora.node.process import NodeProcess, _package_root
 from aurora.node.server import NodeServer
-from aurora.testing import RedoWorkload, wait_for
+from aurora import tls as tls_module
+from aurora.testing import HoldingProxy, RedoWorkload, wait_for
 from aurora.tls import HANDSHAKE_TIMEOUT_S, HandshakeError, TLSConfig, TLSStream
 
 pytestmark = pytest.mark.process
@@ -28,6 +29,7 @@ PAGE_SIZE = 4096
 PAGES_PER_PG = 64
 LOG_FILE_BYTES = 1 << 20
 DEADLINE_S = 20.0
+PORT_ATTEMPTS = 3
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +50,28 @@ def free_port(host="127.0.0.1"):
 
 
 def start_nodes(tmp_path, tls, count, host="127.0.0.1"):
+    def make(i):
+        (tmp_path / ("n%d" % i)).mkdir(parents=True, exist_ok=True)
+        return NodeProcess(str(tmp_path / ("n%d" % i) / "data"), "tcp:%s:%d" % (host, free_port(host)),
+                           "node-%d" % (i + 1), "az%d" % (i % 3 + 1), LOG_FILE_BYTES,
+                           log_path=str(tmp_path / ("n%d.log" % i)), tls=tls)
+
     nodes = []
     try:
         for i in range(count):
-            (tmp_path / ("n%d" % i)).mkdir(parents=True, exist_ok=True)
-            node = NodeProcess(str(tmp_path / ("n%d" % i) / "data"), "tcp:%s:%d" % (host, free_port(host)),
-                               "node-%d" % (i + 1), "az%d" % (i % 3 + 1), LOG_FILE_BYTES,
-                               log_path=str(tmp_path / ("n%d.log" % i)), tls=tls)
-            node.start(wait=False)
-            nodes.append(node)
-        for node in nodes:
-            node.wait_ready()
+            nodes.append(make(i))
+            nodes[-1].start(wait=False)
+        for i in range(count):
+            for attempt in range(PORT_ATTEMPTS):
+                try:
+                    nodes[i].wait_ready()
+                    break
+                except RuntimeError:
+                    # The free port was taken (by another test process) before the node bound it.
+                    if attempt == PORT_ATTEMPTS - 1 or "Address already in use" not in node_log(nodes[i]):
+                        raise
+                    nodes[i] = make(i)
+                    nodes[i].start(wait=False)
     except BaseException:
         for node in nodes:
             node.kill()
@@ -156,6 +169,53 @@ def test_writer_commits_reads_and_recovers_over_tls_on_six_tcp_nodes(certs, tmp_
         # The one plaintext attempt above, and nothing of the writer's, was refused.
         assert [node_log(node).count("refused TLS client") for node in nodes] == [1, 0, 0, 0, 0, 0]
     finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_a_member_stopped_mid_record_holds_up_no_other_members_acks(certs, tmp_path, monkeypatch):
+    """The writer's receiver reads all six TLS links from one thread.  A member whose reply
+    stops halfway through a TLS record must not stop it: the other five carry commits."""
+    # Long enough that a receiver waiting inside the record would fail every check below.
+    monkeypatch.setattr(tls_module, "RECORD_WAIT_S", 120.0)
+    nodes = start_nodes(tmp_path, certs.node_config(), 6)
+    host, port = nodes[5].address.split(":")[1:]
+    proxy = HoldingProxy(host, int(port))
+    try:
+        addresses = [n.address for n in nodes[:5]] + [proxy.address]
+        cluster = Cluster.connect(addresses, pages_per_pg=PAGES_PER_PG, tls=certs.client_config())
+        volume = cluster.open_volume("v", PAGE_SIZE)
+        expected = {}
+
+        def commit(page_no):
+            expected[page_no] = os.urandom(PAGE_SIZE)
+            volume.write(page_no, expected[page_no])
+            volume.commit()
+
+        commit(0)
+        assert volume.links["node-6"].connected
+        proxy.hold()
+        done = []
+        first = threading.Thread(target=lambda: (commit(1), done.append(1)), daemon=True)
+        first.start()
+        assert proxy.split.wait(DEADLINE_S), "node-6 sent no reply through the proxy"
+        later = threading.Thread(target=lambda: ([commit(page_no) for page_no in range(2, 12)], done.append(2)),
+                                 daemon=True)
+        later.start()
+        later.join(DEADLINE_S)
+        first.join(DEADLINE_S)
+        assert sorted(done) == [1, 2], "commits stalled behind node-6's half-sent TLS record"
+        # The link was never given up: the record completes when the member goes on.
+        assert volume.links["node-6"].connected
+        proxy.release()
+        commit(12)
+        wait_for(lambda: volume.tracker.scl(0, volume.member_index[0]["node-6"]) >= volume.vdl,
+                 "node-6 to acknowledge everything once its reply completes", DEADLINE_S)
+        assert all(volume.read(page_no) == data for page_no, data in expected.items())
+        volume.close()
+        cluster.close()
+    finally:
+        proxy.close()
         for node in nodes:
             node.stop()
 
