@@ -60,7 +60,6 @@ cdef extern from "record.h" nogil:
         uint32_t pg
         uint32_t body_length
 
-    void aur_log_append_copy(uint8_t *dst, const uint8_t *src, size_t n)
 
     enum:
         AUR_SCAN_END
@@ -470,30 +469,3 @@ def log_resync(buf, Py_ssize_t start):
         return None if found == <size_t>view.len else found
     finally:
         PyBuffer_Release(&view)
-
-
-def log_append_copy(dst, Py_ssize_t offset, src):
-    """Copy the bytes of ``src`` (whole records) into the writable buffer ``dst`` (a mapped log
-    file) at ``offset``, front to back, so that a process killed mid-copy leaves a prefix of
-    them: a torn tail, never a bad record followed by good ones (csrc/record.h,
-    aur_log_append_copy).  ValueError if they do not fit."""
-    cdef Py_buffer target
-    cdef Py_buffer source
-    PyObject_GetBuffer(dst, &target, PyBUF_SIMPLE | PyBUF_WRITABLE)
-    try:
-        PyObject_GetBuffer(src, &source, PyBUF_SIMPLE | PyBUF_ANY_CONTIGUOUS)
-        try:
-            if offset < 0 or offset > target.len or source.len > target.len - offset:
-                raise ValueError("log_append_copy: %d bytes at offset %d of a %d-byte buffer"
-                                 % (source.len, offset, target.len))
-            if source.len >= CRC32C_RELEASE_GIL_BYTES:
-                with nogil:
-                    aur_log_append_copy(<uint8_t *>target.buf + offset,
-                                        <const uint8_t *>source.buf, <size_t>source.len)
-            else:
-                aur_log_append_copy(<uint8_t *>target.buf + offset, <const uint8_t *>source.buf,
-                                    <size_t>source.len)
-        finally:
-            PyBuffer_Release(&source)
-    finally:
-        PyBuffer_Release(&target)

@@ -1,7 +1,6 @@
 /* Redo records and batches.  See record.h for the contracts, docs/format.md for the rules. */
 #include "record.h"
 
-#include <stdatomic.h>
 #include <string.h>
 
 #include "crc32c.h"
@@ -324,18 +323,4 @@ int aur_log_resync(const uint8_t *buf, size_t len, size_t from, size_t *found) {
         }
     }
     return AUR_OK;
-}
-
-void aur_log_append_copy(uint8_t *dst, const uint8_t *src, size_t n) {
-    size_t done = 0;
-    /* Bounded by n / AUR_LOG_COPY_CHUNK.  The fence keeps the compiler from merging the
-     * chunks back into one memcpy (whose store order is unspecified); each chunk's stores
-     * are issued before the next chunk's, and a thread's stores that executed before it died
-     * stay in the page cache. */
-    while (n - done > AUR_LOG_COPY_CHUNK) {
-        memcpy(dst + done, src + done, AUR_LOG_COPY_CHUNK);
-        atomic_signal_fence(memory_order_seq_cst);
-        done += AUR_LOG_COPY_CHUNK;
-    }
-    memcpy(dst + done, src + done, n - done);
 }

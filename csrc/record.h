@@ -124,25 +124,4 @@ int aur_log_scan(const uint8_t *buf, size_t len, size_t start, aur_record_view *
  */
 int aur_log_resync(const uint8_t *buf, size_t len, size_t from, size_t *found);
 
-/*
- * Bytes aur_log_append_copy stores at a time, in increasing address order.  Below the size of
- * a record header, so no whole record fits in one chunk: see aur_log_append_copy.
- */
-#define AUR_LOG_COPY_CHUNK 32u
-static_assert(AUR_LOG_COPY_CHUNK < AUR_RECORD_HEADER_SIZE,
-              "a whole record must never fit inside one copy chunk");
-
-/*
- * Copy n bytes of records from src to dst (a mapped log file), front to back, so that
- * whatever part of the copy is in memory when the process dies (SIGKILL, a crash) is a
- * prefix of it, to within one chunk.  memcpy gives no such order: glibc's AVX2 memmove stores
- * the unaligned first 32 bytes *last*, and a node killed in the middle of appending a batch
- * left a record with a zeroed head followed by whole records of the same (unacknowledged)
- * batch, which the restart scan rightly took for damage in the middle of the log
- * (tests/test_node_process.py, test_sigkill_mid_stream_loses_no_acknowledged_record).  With a
- * prefix, a torn append always reads as a torn tail: no record can lie whole inside the one
- * chunk that may be partly stored, and every chunk after it is absent.
- */
-void aur_log_append_copy(uint8_t *dst, const uint8_t *src, size_t n);
-
 #endif /* AURORA_RECORD_H */

@@ -338,23 +338,6 @@ def test_records_of_another_pg_are_refused(tmp_path):
     segment.close()
 
 
-def test_log_append_copy_copies_exactly_and_checks_bounds():
-    """The front-to-back copy into a mapping (a process killed mid-copy leaves a prefix)."""
-    target = bytearray(256)
-    source = bytes(range(1, 200))
-    for offset, length in ((0, 0), (0, 1), (3, 31), (5, 32), (7, 33), (17, 199), (57, 199)):
-        target[:] = bytes(256)
-        _native.log_append_copy(target, offset, source[:length])
-        assert target[offset:offset + length] == source[:length]
-        assert not any(target[:offset]) and not any(target[offset + length:])
-    with pytest.raises(ValueError):
-        _native.log_append_copy(target, 100, source)
-    with pytest.raises(ValueError):
-        _native.log_append_copy(target, -1, b"x")
-    with pytest.raises(BufferError):
-        _native.log_append_copy(b"read-only", 0, b"x")
-
-
 class CountingDisk(RealDisk):
     """The real disk, noting every pwrite as (offset, length); ``fail_at`` makes the pwrite
     of that index (0-based) raise, as a node killed between two writes would stop."""
