@@ -246,6 +246,21 @@ class LogFile:
         self.disk.close(self.fd)
 
 
+
+class MaterializationPass:
+    """One materialization pass (Segment.materialize_step): every page in ``pages`` gets a
+    version at ``target``.  ``file`` is the LogFile a file pass covers (None for a pass over
+    the dirty pages); ``failed`` when a page could not be built (the pass then counts for
+    nothing); ``syncing`` once every page is done and the versions' sync has begun."""
+    __slots__ = ("target", "pages", "file", "failed", "syncing")
+
+    def __init__(self, target, pages, file=None):
+        self.target = target
+        self.pages = list(pages)
+        self.file = file
+        self.failed = False
+        self.syncing = False
+
 class Segment:
     """The log, index and pages of one (volume, PG) on this node."""
 
@@ -278,7 +293,7 @@ class Segment:
         self._truncation_unsynced = False   # truncate(durable=False) ran since the last save
         # Materialization pass: [target LSN, pages left, a page failed, synced, log file] --
         # the log file for a file pass (_reclaim_step), None for a pass over the dirty pages.
-        self._pass = None
+        self._pass = None               # the MaterializationPass under way
         self._file_pass_wanted = None   # (log file, target) _reclaim_step asked for
         self._blocked = [None, 0]       # [log file, reclaim checks] found blocked in a row
         self._reclaim = None      # log file being taken out of the index: [log, position in its indexed_lsns]
@@ -1215,7 +1230,7 @@ class Segment:
             # were forgotten: a later pass then completed without them and GC deleted log
             # records no version held -- tests/test_node_gc.py.)  The pages it did reach keep
             # a version at or below the range, or drop_range just made them dirty.
-            self._dirty_pages.update(self._pass[1])
+            self._dirty_pages.update(self._pass.pages)
             self._pass = None
         if dropped or self.scl > after:
             # SCL cannot pass the range any more; the chain above it is rebuilt from the
@@ -1270,15 +1285,16 @@ class Segment:
             if log in self.files:
                 pages = set(log.indexed_pages)
                 pages.discard(NOT_A_PAGE)
-                self._pass = [target, list(pages), False, False, log]
+                self._pass = MaterializationPass(target, pages, log)
         if self._pass is None:
             if not self._dirty_pages or not start_pass:
                 return 0
             # Any order will do, so no sort: a pass after a restart covers every page with
             # records in the log.
-            self._pass = [self.scl, list(self._dirty_pages), False, False, None]
+            self._pass = MaterializationPass(self.scl, self._dirty_pages)
             self._dirty_pages = set()
-        target, pages, _, _, file_pass = self._pass
+        pass_ = self._pass
+        target, pages, file_pass = pass_.target, pass_.pages, pass_.file
         folded = 0
         while pages and max_pages > 0 and folded < max_records:
             page_no = pages.pop()
@@ -1302,7 +1318,7 @@ class Segment:
                 if isinstance(exc, errors.ChainGapError):
                     self._base_lost(page_no)
                 self._dirty_pages.add(page_no)
-                self._pass[2] = True
+                pass_.failed = True
                 continue
             self.pages.write(page_no, page_lsn, page)
             folded += hi - lo
@@ -1311,16 +1327,15 @@ class Segment:
         if not pages:
             # The pass counts once its versions are durable: its last sync runs off the loop,
             # and a later slice finishes the pass when it is done.
-            if not self._pass[3]:
+            if not pass_.syncing:
                 if not self.pages.sync_begin():
                     return folded
-                self._pass[3] = True
+                pass_.syncing = True
             if self.pages.sync_running():
                 return folded
-            failed = self._pass[2]
-            if not failed and file_pass is not None:
+            if not pass_.failed and file_pass is not None:
                 file_pass.covered_at = target
-            elif not failed:
+            elif not pass_.failed:
                 # The sync made the pass durable; state.json learns the new materialized_lsn
                 # with its next write (a durable JSON write here held the loop for up to 0.4 s
                 # on a busy disk).  A restart that finds an older one materializes again.
@@ -1395,7 +1410,7 @@ class Segment:
     def background_pending(self):
         """Whether a materialization pass or a log file's reclaim is under way: the next
         background slice has work for certain (a pass that only waits for its sync has none)."""
-        return (self._pass is not None and not self._pass[3]) or self._reclaim is not None
+        return (self._pass is not None and not self._pass.syncing) or self._reclaim is not None
 
     def _reclaim_step(self, horizon, max_records):
         """Unindex up to ``max_records`` records of the oldest log file that no read at or
@@ -1473,7 +1488,7 @@ class Segment:
         blocked[1] += 1
         pass_ = self._pass
         if (blocked[1] >= FILE_PASS_AFTER_CHECKS and self._file_pass_wanted is None
-                and (pass_ is None or pass_[4] is not log)):
+                and (pass_ is None or pass_.file is not log)):
             self._file_pass_wanted = (log, horizon)
             self._blocked = [log, 0]
             self.gc_stats["file_passes"] += 1
