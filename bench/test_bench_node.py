@@ -9,6 +9,7 @@
 * materialization (records/s) and restart scan (MB/s), in process.
 """
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -28,14 +29,24 @@ RECORDS_PER_BATCH = 16
 BATCHES_PER_SENDER = 200
 
 
+@pytest.fixture
+def scratch():
+    """A short-named scratch directory (a node's socket path must stay short), removed after
+    the test with everything in it."""
+    path = tempfile.mkdtemp(prefix="aur-bench-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def node():
-    scratch = tempfile.mkdtemp(prefix="aur-bench-")
-    proc = NodeProcess(os.path.join(scratch, "data"), "unix:%s/node.sock" % scratch, "bench", "az1",
+    directory = tempfile.mkdtemp(prefix="aur-bench-")
+    proc = NodeProcess(os.path.join(directory, "data"), "unix:%s/node.sock" % directory, "bench", "az1",
                        log_file_bytes=64 << 20)
     proc.start()
     yield proc
     proc.stop()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def make_batches(pg, count, seed):
@@ -76,9 +87,8 @@ def test_ingest_group_commit(benchmark, node, senders):
                                 acks_per_s=senders * BATCHES_PER_SENDER / seconds)
 
 
-def test_fdatasync_floor(benchmark):
+def test_fdatasync_floor(benchmark, scratch):
     """One 4 KiB write + fdatasync per batch: what a node without group commit could do."""
-    scratch = tempfile.mkdtemp(prefix="aur-bench-")
     fd = os.open(os.path.join(scratch, "floor"), os.O_RDWR | os.O_CREAT, 0o600)
     block = os.urandom(RECORDS_PER_BATCH * 100)
     offset = [0]
@@ -146,8 +156,7 @@ def _filled_segment(directory, records):
     return segment
 
 
-def test_materialization(benchmark):
-    scratch = tempfile.mkdtemp(prefix="aur-bench-")
+def test_materialization(benchmark, scratch):
     counter = [0]
 
     def setup():
@@ -170,8 +179,7 @@ def test_materialization(benchmark):
     benchmark.extra_info.update(records_per_s=folded / benchmark.stats.stats.median)
 
 
-def test_restart_scan(benchmark):
-    scratch = tempfile.mkdtemp(prefix="aur-bench-")
+def test_restart_scan(benchmark, scratch):
     directory = os.path.join(scratch, "scan")
     segment = _filled_segment(directory, 50000)
     log_bytes = sum(log.tail for log in segment.files)
