@@ -382,8 +382,8 @@ class LinkPump:
             # releases only what is recorded) and before anything is sent (no ACK can
             # release a hold that is not there yet).
             for item in shared:
-                if item[6]:
-                    ring.hold(item[4], item[6])
+                if item[7]:
+                    ring.hold(item[4], item[7])
             for link, request_id, slot in announced:
                 link.ring_refs[request_id] = slot
         if outgoing:
@@ -445,8 +445,9 @@ class LinkPump:
                     if slot is not None:
                         notice = _native.append_ring_frame(v.ring.ring_id, slot.offset, slot.length, slot.crc,
                                                            request_id, v.volume_id, v.epoch, v.membership_epoch)
-                # The last field counts the members the slot is announced to in this round.
-                shared.append([pg, request_id, body, inline, slot, notice, 0])
+                # The last fields: what every member's inflight entry holds (one tuple for
+                # all six) and how many members the slot is announced to in this round.
+                shared.append([pg, request_id, body, inline, slot, notice, (p.FRAME_APPEND, pg, body), 0])
         held = bool(held_pgs)
         self.held = held
         if self.acks is not None:
@@ -522,12 +523,12 @@ class LinkPump:
         ring_ok = link.ring_ok
         ring_frames = inline_frames = 0
         for item in shared:
-            pg, request_id, body, inline, slot, notice, _ = item
+            pg, request_id, body, inline, slot, notice, request, _ = item
             if node_id not in member_sets.get(pg, ()):
                 continue
-            inflight[request_id] = (p.FRAME_APPEND, pg, body)
+            inflight[request_id] = request
             if slot is not None and ring_ok:
-                item[6] += 1
+                item[7] += 1
                 announced.append((link, request_id, slot))
                 frames.append(notice)
                 ring_frames += 1
