@@ -116,9 +116,10 @@ class SharedRing:
             offset = self._reserve(span)
             if offset is None:
                 return None
-            self.map[offset:offset + n] = data
+            # One native call copies and checksums (a slice assignment, then a CRC call).
+            crc = _native.ring_copy(self.map, offset, data)
             self.head = offset + span
-            slot = RingSlot(offset, n, _native.crc32c(data))
+            slot = RingSlot(offset, n, crc)
             self.slots.append(slot)
             return slot
 
@@ -141,13 +142,17 @@ class SharedRing:
             return self.head
         return None
 
-    def hold(self, slot):
+    def hold(self, slot, count=1):
+        """``count`` more holders of ``slot`` (a round announces it to several members at
+        once)."""
         with self.lock:
-            slot.refs += 1
+            slot.refs += count
 
-    def release(self, slot):
+    def release(self, slot, count=1):
+        """``count`` holders of ``slot`` let go; its space is reused once none is left."""
         with self.lock:
-            slot.refs -= 1
+            slot.refs -= count
+            assert slot.refs >= 0, "ring slot at %d released more often than held" % slot.offset
             if slot.refs > 0:
                 return
             slot.free = True

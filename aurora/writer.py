@@ -68,7 +68,8 @@ PG_RANGES_MAX = 1 << 22                   # batch LSN ranges remembered per PG f
 READERS_PRUNE_EVERY = 32                  # look for connections of finished threads this often
 OPEN_ATTEMPTS = 5                         # opens retried after another writer's metadata won a race
 RECV_BYTES = 1 << 20
-BOXCAR_BYTES_MAX = 8 * 1024 * 1024         # largest batch the sender makes by merging
+BOXCAR_BYTES_MAX = _native.BOXCAR_BYTES_MAX   # largest batch the sender makes by merging
+KICK_ROUNDS_MAX = 4                       # rounds one kick runs for others before waking the sender
 APPEND_WINDOW = int(os.environ.get("AURORA_APPEND_WINDOW", "1"))  # boxcars per PG awaiting a quorum
 # ACKs are received in C without the GIL (csrc/acks.h) unless a link uses TLS or
 # AURORA_NATIVE_ACKS=0 asks for the Python receive loop.
@@ -155,60 +156,11 @@ def meta_write(links, key, version, value, need=WRITE_QUORUM):
 
 # ---- boxcars ---------------------------------------------------------------------------------
 
-BATCH_HEADER = struct.Struct("<IHHIIQQQQQII")   # docs/format.md: the 64-byte batch header
-assert BATCH_HEADER.size == _native.BATCH_HEADER_SIZE
-
-
-def merge_batches(batches):
-    """One batch holding the records of ``batches`` (same PG and epochs, increasing LSNs): the
-    records keep their own CRCs, only a new header is made.  A node then decodes, appends
-    and acknowledges them as one."""
-    if len(batches) == 1:
-        return batches[0]
-    first = BATCH_HEADER.unpack_from(batches[0])
-    last = BATCH_HEADER.unpack_from(batches[-1])
-    count = sum(BATCH_HEADER.unpack_from(b)[4] for b in batches)
-    body = b"".join(memoryview(b)[_native.BATCH_HEADER_SIZE:] for b in batches)
-    header = bytearray(BATCH_HEADER.pack(first[0], first[1], 0, 0, count, first[5], first[6], first[7],
-                                         first[8], last[9], first[10], len(body)))
-    struct.pack_into("<I", header, 8, _native.crc_mask(_native.crc32c(memoryview(header)[12:])))
-    return bytes(header) + body
-
-
-def coalesce_appends(items):
-    """Queued frames with each run of consecutive APPENDs folded into one APPEND per PG (the
-    boxcar: every MTR that queued while the sender was busy leaves in one batch per PG).
-    Other frames stay where they are, as barriers."""
-    out = []
-    run = collections.OrderedDict()          # pg -> [batch bodies], in arrival order
-    size = {}
-
-    def flush():
-        for pg, bodies in run.items():
-            out.append((p.FRAME_APPEND, pg, merge_batches(bodies)))
-        run.clear()
-        size.clear()
-
-    for frame_type, pg, body in items:
-        if frame_type != p.FRAME_APPEND:
-            flush()
-            out.append((frame_type, pg, body))
-            continue
-        bodies = run.setdefault(pg, [])
-        header = BATCH_HEADER.unpack_from(body)
-        records = header[4]
-        # Only a strictly increasing run merges: a resend after a reconnect can queue batches
-        # before one that an ERROR put back, and a merged batch must keep LSN order.
-        if bodies and (size[pg][0] + records > _native.BATCH_RECORDS_MAX or
-                       size[pg][1] + len(body) > BOXCAR_BYTES_MAX or
-                       header[8] <= size[pg][2]):
-            flush()
-            bodies = run.setdefault(pg, [])
-        bodies.append(body)
-        count, length, _ = size.get(pg, (0, 0, 0))
-        size[pg] = (count + records, length + len(body), header[9])
-    flush()
-    return out
+# Queued frames with each run of consecutive APPENDs folded into one APPEND per PG (the boxcar:
+# every MTR that queued while the sender was busy leaves in one batch per PG); other frames
+# stay where they are, as barriers, and only a strictly increasing run merges.  Native
+# (csrc/boxcar.c), byte for byte the Python it replaced (tests/test_boxcar_native.py).
+coalesce_appends = _native.coalesce_appends
 
 
 # ---- one member connection --------------------------------------------------------------------
@@ -316,6 +268,7 @@ class LinkPump:
         self.registered = {}                 # link -> socket registered with the selector
         self.registered_version = 0          # bumped (under cond) whenever registered changes
         self.round_wanted = False            # an ACK may have opened a held PG's window
+        self.round_asked = False             # a kick found a round running: one more is due
         self.next_request_id = 1             # one counter for every link (sender thread only)
         self.flying = {}                     # pg -> last LSNs of boxcars not yet at a quorum
         self.round_lock = threading.Lock()   # one send round at a time (sender or a committer)
@@ -371,18 +324,35 @@ class LinkPump:
                     return
                 self.pending = False
             with self.round_lock:
+                self.round_asked = False
                 self._round(connect=True)
+            self._rounds_asked()     # kicks that found this round running
 
     def kick(self):
         """Called by a committer right after it handed an MTR to the log: if no round is
         running, send it from this thread (one thread switch less on the commit path);
-        otherwise make sure the sender runs another round after the current one."""
-        if self.round_lock.acquire(blocking=False):
+        otherwise leave word for the thread running the round, which runs one more for it
+        before it lets go (_rounds_asked)."""
+        self.round_asked = True
+        self._rounds_asked()
+
+    def _rounds_asked(self):
+        """Run the rounds asked for (``round_asked``) while no other thread runs one.  Whoever
+        holds round_lock looks at the flag again after releasing it, and a kick sets the flag
+        before it tries the lock, so a batch is never left behind: either the kick gets the
+        lock, or the holder still has to look and sees the flag.  Waking the sender thread
+        instead, for every commit that found a round running, cost a thread switch and a GIL
+        hand-over each at 16 threads.  At most KICK_ROUNDS_MAX rounds here; more are the
+        sender's."""
+        for _ in range(KICK_ROUNDS_MAX):
+            if not self.round_asked or not self.round_lock.acquire(blocking=False):
+                return
             try:
+                self.round_asked = False
                 self._round(connect=False)
             finally:
                 self.round_lock.release()
-        else:
+        if self.round_asked:
             self.wake_sender()
 
     def _round(self, connect):
@@ -394,6 +364,7 @@ class LinkPump:
             # _connect queues resends within the sender's own round.
             return
         outgoing = []
+        announced = []            # (link, request id, ring slot) of this round's notices
         for link in self.links:
             if not link.connected:
                 if connect and time.monotonic() >= link.retry_at:
@@ -401,14 +372,25 @@ class LinkPump:
                 if not link.connected:
                     continue      # it gets its redo from the retained buffer on reconnect
             if link.queue or shared:
-                data = self._frames_for(link, shared)
+                data = self._frames_for(link, shared, announced)
                 if data is not None:
                     outgoing.append((link, data))
+        ring = self.volume.ring
+        if announced:
+            # Each member a slot is announced to holds it: one hold per slot for all of them,
+            # taken before the slot is recorded on the links (a link that fails meanwhile
+            # releases only what is recorded) and before anything is sent (no ACK can
+            # release a hold that is not there yet).
+            for item in shared:
+                if item[7]:
+                    ring.hold(item[4], item[7])
+            for link, request_id, slot in announced:
+                link.ring_refs[request_id] = slot
         if outgoing:
             self._send_all(outgoing)
         for item in shared:
             if item[4] is not None:
-                self.volume.ring.release(item[4])     # the round's own hold on the slot
+                ring.release(item[4])     # the round's own hold on the slot
 
     def _next_retry_in(self):
         waits = [link.retry_at - time.monotonic() for link in self.links if not link.connected]
@@ -448,22 +430,24 @@ class LinkPump:
                 continue
             if ring_links < 0:
                 ring_links = sum(1 for link in self.links if link.ring_ok) if v.ring is not None else 0
-            items = []
-            while batches:
-                items.append(batches.popleft())
-            for frame_type, _, body in coalesce_appends(items):
-                request_id = self._request_id()
-                flying.append(BATCH_HEADER.unpack_from(body)[9])     # last LSN
+            # Merged and framed in one native call; committers may append meanwhile (it
+            # empties the deque with popleft, as they append on the right).  The APPEND frame
+            # is made only if some link takes the batch inline; _frames_for makes it for a
+            # batch the ring has no room for.
+            boxcars, self.next_request_id = _native.frame_boxcars(
+                batches, self.next_request_id, v.volume_id, v.epoch, v.membership_epoch,
+                ring_links != len(self.links))
+            for request_id, body, last_lsn, inline in boxcars:
+                flying.append(last_lsn)
                 slot = notice = None
                 if ring_links:
                     slot = v.ring.put(body)
                     if slot is not None:
-                        notice = p.encode_frame(p.FRAME_APPEND_RING, p.APPEND_RING_BODY.pack(
-                            v.ring.ring_id, slot.offset, slot.length, slot.crc), request_id,
-                            v.volume_id, v.epoch, v.membership_epoch)
-                inline = None if slot is not None and ring_links == len(self.links) else p.encode_frame(
-                    frame_type, body, request_id, v.volume_id, v.epoch, v.membership_epoch)
-                shared.append([pg, request_id, body, inline, slot, notice])
+                        notice = _native.append_ring_frame(v.ring.ring_id, slot.offset, slot.length, slot.crc,
+                                                           request_id, v.volume_id, v.epoch, v.membership_epoch)
+                # The last fields: what every member's inflight entry holds (one tuple for
+                # all six) and how many members the slot is announced to in this round.
+                shared.append([pg, request_id, body, inline, slot, notice, (p.FRAME_APPEND, pg, body), 0])
         held = bool(held_pgs)
         self.held = held
         if self.acks is not None:
@@ -511,9 +495,11 @@ class LinkPump:
         for link, exc in failed:
             self._disconnected(link, exc)
 
-    def _frames_for(self, link, shared):
+    def _frames_for(self, link, shared, announced):
         """The bytes this round sends ``link``: its own queued frames, then the round's shared
-        batches; None when there is nothing (or the link drops its traffic)."""
+        batches; None when there is nothing (or the link drops its traffic).  Ring notices
+        are counted on their shared item and listed in ``announced`` (link, request id,
+        slot) for _round, which holds the slots for the members."""
         items = []
         queue = link.queue
         while queue:
@@ -529,24 +515,33 @@ class LinkPump:
             for frame_type, pg, body in coalesce_appends(items):
                 request_id = self._request_id()
                 link.inflight[request_id] = (frame_type, pg, body)
-                frames.append(p.encode_frame(frame_type, body, request_id, v.volume_id, v.epoch,
-                                             v.membership_epoch))
+                frames.append(_native.encode_frame(frame_type, body, request_id, v.volume_id, v.epoch,
+                                                   v.membership_epoch))
+        node_id = link.node_id
+        member_sets = v.member_sets
+        inflight = link.inflight
+        ring_ok = link.ring_ok
+        ring_frames = inline_frames = 0
         for item in shared:
-            pg, request_id, body, inline, slot, notice = item
-            if link.node_id not in v.member_sets.get(pg, ()):
+            pg, request_id, body, inline, slot, notice, request, _ = item
+            if node_id not in member_sets.get(pg, ()):
                 continue
-            link.inflight[request_id] = (p.FRAME_APPEND, pg, body)
-            if slot is not None and link.ring_ok:
-                v.ring.hold(slot)
-                link.ring_refs[request_id] = slot
+            inflight[request_id] = request
+            if slot is not None and ring_ok:
+                item[7] += 1
+                announced.append((link, request_id, slot))
                 frames.append(notice)
-                v.stats["ring_frames"] += 1
+                ring_frames += 1
             else:
                 if inline is None:
-                    inline = item[3] = p.encode_frame(p.FRAME_APPEND, body, request_id, v.volume_id,
-                                                      v.epoch, v.membership_epoch)
+                    inline = item[3] = _native.encode_frame(p.FRAME_APPEND, body, request_id, v.volume_id,
+                                                            v.epoch, v.membership_epoch)
                 frames.append(inline)
-                v.stats["inline_frames"] += 1
+                inline_frames += 1
+        if ring_frames:
+            v.stats["ring_frames"] += ring_frames
+        if inline_frames:
+            v.stats["inline_frames"] += inline_frames
         if not frames or link.sock is None:
             return None
         return frames[0] if len(frames) == 1 else b"".join(frames)
@@ -838,18 +833,27 @@ class LinkPump:
         their requests are no longer in flight, their ring slots are free for that member,
         and the member's SCL may let retained redo go."""
         links = self.links
-        ring = self.volume.ring
         highest = {}            # pg -> highest SCL among these ACKs
+        freed = None            # ring slot -> members that let it go in these ACKs
         for i, request_id, pg, scl in acks:
             link = links[i]
             link.inflight.pop(request_id, None)
-            slot = link.ring_refs.pop(request_id, None)
-            if slot is not None:
-                ring.release(slot)
+            if link.ring_refs:
+                slot = link.ring_refs.pop(request_id, None)
+                if slot is not None:
+                    if freed is None:
+                        freed = {}
+                    freed[slot] = freed.get(slot, 0) + 1
             if scl > link.acked_scl.get(pg, 0):
                 link.acked_scl[pg] = scl
             if scl > highest.get(pg, 0):
                 highest[pg] = scl
+        if freed:
+            # One release per slot, not per ACK: the six ACKs of a boxcar took the ring's lock
+            # six times.
+            ring = self.volume.ring
+            for slot, count in freed.items():
+                ring.release(slot, count)
         # Retained redo once per PG, not once per ACK: six ACKs of a boxcar made six passes.
         for pg, scl in highest.items():
             self.volume._trim_if_covered(pg, scl)
@@ -1047,7 +1051,7 @@ class Volume:
         self.pg_ranges = {}
         self.retained = {pg: collections.deque() for pg in self.members}
         self.retained_bytes = 0
-        self.outbox = {}                      # pg -> deque of (APPEND, pg, batch) not yet taken
+        self.outbox = {}                      # pg -> deque of batches not yet taken
         self.fresh_pgs = {}                   # pg created by this writer -> bitmap of pages written
         self.highest_cpl = vdl
         # The tracker starts every member at ``vdl`` before any of them has acknowledged
@@ -1573,7 +1577,7 @@ class Volume:
                     queue = outbox.get(pg)
                     if queue is None:
                         queue = outbox[pg] = collections.deque()
-                    queue.append((p.FRAME_APPEND, pg, batch))
+                    queue.append(batch)
                     first = last + 1
                     start = end
             except BaseException as exc:
@@ -1624,7 +1628,7 @@ class Volume:
         queue = self.outbox.get(pg)
         if queue is None:
             queue = self.outbox[pg] = collections.deque()
-        queue.append((p.FRAME_APPEND, pg, batch))
+        queue.append(batch)
 
     def _resend_for(self, link):
         """Frames a (re)connected member still needs: the segments it lacks (CREATE_SEGMENT),
