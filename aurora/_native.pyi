@@ -32,10 +32,14 @@ FLAGS_KNOWN: int
 FLAG_CPL: int
 FORMAT_VERSION: int
 FRAME_ACK_BYTES: int
+FRAME_APPEND_RING_BODY_BYTES: int
 FRAME_CRC_START: int
 FRAME_HEADER_BYTES: int
 FRAME_LENGTH_MAX: int
 FRAME_TYPE_ACK: int
+FRAME_TYPE_APPEND: int
+FRAME_TYPE_APPEND_RING: int
+LANE_REASON_NAMES: tuple[str, str, str, str, str, str, str, str, str, str, str, str]
 LSN_MAX: int
 LSN_NONE: int
 PAGE_NO_MAX: int
@@ -56,6 +60,7 @@ REC_NOOP: int
 REC_SIZE: int
 REC_SIZE_PAYLOAD_LENGTH: int
 REC_ZERO: int
+RING_HEADER_BYTES: int
 SCAN_STOP_REASONS: dict[int, str]
 SEGMENT_SIZE_BYTES_DEFAULT: int
 SEND_SOCKETS_MAX: int
@@ -118,6 +123,15 @@ class AckReceiver:
     def set_link(self, link: int, fd: int, python: bool = False): ...
     def set_member(self, link: int, pg: int, member: int): ...
     def take_buffer(self, link: int): ...
+
+class AppendLane:
+    bytes_used: Any
+    declined: Any
+    frames_served: Any
+    def serve(self, buf, rings: dict, core, after_sync: bytearray): ...
+    served: Any
+    stop_reason: Any
+    stop_reason_name: Any
 
 class BatchHeader(NamedTuple):
     version: Any
