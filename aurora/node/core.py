@@ -615,7 +615,11 @@ class NodeCore:
         return segment is not None and segment.complete_repair(peer_scl_max, time.time())
 
     def dirty_fds(self):
+        """The log files every segment dirtied since the last call (Segment.dirty_fds).  Runs
+        once per served request batch: segments with nothing dirty are passed over."""
         fds = []
-        for segment in self.segments():
-            fds.extend(segment.dirty_fds())
+        for volume in self.volumes.values():
+            for segment in volume.segments.values():
+                if segment._dirty_files:
+                    fds.extend(segment.dirty_fds())
         return fds

@@ -348,6 +348,8 @@ class NodeServer:
                     if conn.closing:
                         break
                 declined = False
+                if not reader.buffered_bytes:
+                    break        # the lane served everything (the common case)
                 frame = next(reader.frames(), None)
                 if frame is None:
                     break
@@ -526,7 +528,10 @@ class NodeServer:
             if conn.sock.fileno() < 0:
                 continue
             if failed is None:
-                conn.out += held
+                if conn.out:
+                    conn.out += held
+                else:
+                    conn.out = held      # no copy when nothing else waits to be sent
             else:
                 # One ERROR in place of each reply held.
                 conn.out += p.encode_frame(p.FRAME_ERROR, p.error_body(
