@@ -259,6 +259,8 @@ cdef class AppendLane:
         if batch.hdr.record_count > SMALL_BATCH_CAP:
             batch.hdr.record_count = 0
             return LANE_BIG
+        if batch.hdr.record_count == 0:     # the decoder refuses empty batches; never indexed
+            return LANE_BATCH
         if aur_batch_decode(body, body_length, &batch.hdr, batch.records, SMALL_BATCH_CAP,
                             &error_offset) != AUR_OK:
             batch.hdr.record_count = 0

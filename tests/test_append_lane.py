@@ -396,3 +396,48 @@ def test_frame_constants_match_the_protocol():
     assert _native.FRAME_TYPE_APPEND_RING == p.FRAME_APPEND_RING
     assert _native.FRAME_APPEND_RING_BODY_BYTES == p.APPEND_RING_BODY.size
     assert _native.RING_HEADER_BYTES == RING_HEADER.size
+
+
+def test_a_failed_write_is_left_to_the_python_path_and_its_error(tmp_path, short_dir):
+    """A pwrite that fails (here: the log file's descriptor swapped for a read-only one) is
+    declined before anything changes; the Python path then meets the same failure and answers
+    as it always did, for either server."""
+    ring = SharedRing(RING_BYTES, directory=short_dir)
+    try:
+        script = Script(8, ring)
+        script.setup()
+        for _ in range(4):
+            script.append(script.workload.batch(script.workload.records(2)), "append")
+        prefix = b"".join(script.frames)
+        script.frames.clear()
+        script.append(script.workload.batch(script.workload.records(2)), "append", ring=False)
+        script.append(script.workload.batch(script.workload.records(2)), "append", ring=True)
+        results = []
+        for name, lane in (("python", False), ("lane", True)):
+            harness = Harness(str(tmp_path), short_dir, name, lane)
+            try:
+                harness.receive(prefix)
+                harness.commit()
+                segment = harness.server.core.volumes[VOLUME_ID].segments[0]
+                log = segment.files[-1]
+                read_only = os.open(log.path, os.O_RDONLY)
+                writable, log.fd = log.fd, read_only
+                try:
+                    tail = log.tail
+                    harness.receive(b"".join(script.frames))
+                    harness.commit()
+                    assert log.tail == tail
+                finally:
+                    log.fd = writable
+                    os.close(read_only)
+                results.append((bytes(harness.sock.sent), segment_state(harness.server)))
+                if lane:
+                    assert harness.server.lane.declined["write"] == 1
+            finally:
+                harness.close()
+    finally:
+        ring.close()
+    assert results[0] == results[1]
+    last = split_frames(results[0][0])[-1]
+    assert last.type == p.FRAME_ERROR
+    assert p.ERROR_BODY.unpack_from(last.body)[0] == p.ERROR_INTERNAL
