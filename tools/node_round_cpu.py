@@ -37,7 +37,8 @@ def measure(directory, append_lane, rounds):
     path = tempfile.mkdtemp(prefix="r-", dir=directory)
     server = NodeServer(os.path.join(path, "data"), "unix:%s/n.sock" % path, "n1", "az1",
                         background=False, gossip=False, append_lane=append_lane)
-    ring = SharedRing(4 << 20, directory=path)
+    # Small, so it wraps soon and its pages stay mapped, as a long-lived writer's ring does.
+    ring = SharedRing(256 * 1024, directory=path)
     client = socket.socket(socket.AF_UNIX)
     try:
         client.connect(server.address[5:])
