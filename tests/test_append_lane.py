@@ -441,3 +441,35 @@ def test_a_failed_write_is_left_to_the_python_path_and_its_error(tmp_path, short
     last = split_frames(results[0][0])[-1]
     assert last.type == p.FRAME_ERROR
     assert p.ERROR_BODY.unpack_from(last.body)[0] == p.ERROR_INTERNAL
+
+
+def test_a_closing_connection_is_served_as_the_python_path_serves_it(tmp_path, short_dir):
+    """Bytes that arrive on a connection already closing (its output not yet drained) get the
+    Python path's treatment, one frame and no more, with or without the lane."""
+    ring = SharedRing(RING_BYTES, directory=short_dir)
+    try:
+        script = Script(3, ring)
+        script.setup()
+        for _ in range(3):
+            script.append(script.workload.batch(script.workload.records(1)), "append")
+        prefix = b"".join(script.frames)
+        script.frames.clear()
+        for _ in range(3):
+            script.append(script.workload.batch(script.workload.records(1)), "append")
+        results = []
+        for name, lane in (("python", False), ("lane", True)):
+            harness = Harness(str(tmp_path), short_dir, name, lane)
+            try:
+                harness.receive(prefix)
+                harness.commit()
+                harness.conn.closing = True
+                harness.receive(b"".join(script.frames))
+                harness.commit()
+                results.append((bytes(harness.sock.sent), segment_state(harness.server)))
+                segment = harness.server.core.volumes[VOLUME_ID].segments[0]
+                assert len(segment.records) == 4
+            finally:
+                harness.close()
+    finally:
+        ring.close()
+    assert results[0] == results[1]

@@ -330,7 +330,7 @@ class NodeServer:
                 return
         reader = conn.reader
         declined = False     # the lane stopped at the first frame buffered: Python serves it
-        if lane is not None and not reader.buffered_bytes:
+        if lane is not None and not conn.closing and not reader.buffered_bytes:
             # The common case: frames served straight from the receive buffer; only what the
             # lane leaves (a partial frame, or the frames from the first it declined on) is
             # copied into the reader.
@@ -340,8 +340,9 @@ class NodeServer:
             reader.feed(data)     # feed copies the bytes
         try:
             # Each pass serves at least one frame or stops: bounded by the frames received.
-            while not conn.closing:
-                if lane is not None and not declined and reader.buffered_bytes:
+            # As ever, a connection that is closing has one more frame served, no more.
+            while True:
+                if lane is not None and not declined and not conn.closing and reader.buffered_bytes:
                     used = self._run_lane(conn, reader._buffer)
                     if used:
                         del reader._buffer[:used]
@@ -354,6 +355,8 @@ class NodeServer:
                 if frame is None:
                     break
                 self._dispatch(conn, frame)
+                if conn.closing:
+                    break
         except errors.FormatError as exc:
             # A frame that cannot even be delimited or checked: answer once, drop this
             # connection, keep serving every other one.
