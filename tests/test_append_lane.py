@@ -473,3 +473,38 @@ def test_a_closing_connection_is_served_as_the_python_path_serves_it(tmp_path, s
     finally:
         ring.close()
     assert results[0] == results[1]
+
+
+def test_an_internal_error_in_the_lane_closes_the_connection_without_serving_again(tmp_path, short_dir,
+                                                                                   monkeypatch):
+    """A bug in the lane (here: its indexing raising) is answered with an INTERNAL error and
+    the connection closed, as a bug in the Python path is; the frame it failed on is not
+    handed to the Python path to be served a second time."""
+    ring = SharedRing(RING_BYTES, directory=short_dir)
+    try:
+        script = Script(4, ring)
+        script.setup()
+        script.append(script.workload.batch(script.workload.records(1)), "append")
+        prefix = b"".join(script.frames)
+        script.frames.clear()
+        for _ in range(3):
+            script.append(script.workload.batch(script.workload.records(1)), "append")
+        harness = Harness(str(tmp_path), short_dir, "bug", True)
+        try:
+            harness.receive(prefix)
+            harness.commit()
+            harness.sock.sent.clear()
+            segment = harness.server.core.volumes[VOLUME_ID].segments[0]
+            records = len(segment.records)
+            monkeypatch.setattr(segment, "page_chains", None)   # the index raises on it
+            harness.receive(b"".join(script.frames))
+            monkeypatch.undo()
+            replies = split_frames(harness.sock.sent)
+            assert [f.type for f in replies] == [p.FRAME_ERROR]
+            assert p.ERROR_BODY.unpack_from(replies[0].body)[0] == p.ERROR_INTERNAL
+            assert harness.sock.closed
+            assert len(segment.records) <= records + 1
+        finally:
+            harness.close()
+    finally:
+        ring.close()

@@ -424,8 +424,9 @@ class NodeServer:
         """Serve the front of ``data`` with the APPEND lane; the bytes it used."""
         lane = self.lane
         with self.lock:
+            used = None
             try:
-                lane.serve(data, conn.rings, self.core, conn.after_sync)
+                used = lane.serve(data, conn.rings, self.core, conn.after_sync)
             except Exception as exc:  # a bug must not take the node down
                 log.exception("internal error in the APPEND lane")
                 self._send(conn, p.encode_frame(p.FRAME_ERROR, p.error_body(
@@ -443,7 +444,11 @@ class NodeServer:
             if not conn.holding:
                 conn.holding = True
                 self.pending_conns.append(conn)
-        return lane.bytes_used
+        if used is None:
+            # The frame it failed on may be half served: like the frame _dispatch fails on, it
+            # is consumed, and nothing after it is served (the connection is closing).
+            return len(data)
+        return used
 
     def _hold(self, conn, data):
         """Queue ``data`` on ``conn`` until the next group commit."""
