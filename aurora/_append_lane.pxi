@@ -78,6 +78,17 @@ cdef inline uint64_t _get_u64(const uint8_t *p) noexcept nogil:
     return <uint64_t>_get_u32(p) | (<uint64_t>_get_u32(p + 4) << 32)
 
 
+cdef uint32_t _crc32c_unlocked(const uint8_t *data, size_t length) noexcept:
+    """aur_crc32c, with the GIL released for long inputs as crc32c() does (the gossip thread
+    runs meanwhile; a frame may be a bulk load's megabytes)."""
+    cdef uint32_t result
+    if length >= CRC32C_RELEASE_GIL_BYTES:
+        with nogil:
+            result = aur_crc32c(0, data, length)
+        return result
+    return aur_crc32c(0, data, length)
+
+
 cdef bint _small_batch_valid(SmallBatch batch, uint32_t pg, uint32_t pages_per_pg,
                              uint32_t page_size) noexcept:
     """small_batch_check's verdict without its exception (the lane declines instead)."""
@@ -174,8 +185,8 @@ cdef class AppendLane:
                 if frame_type != AUR_FRAME_TYPE_APPEND and frame_type != AUR_FRAME_TYPE_APPEND_RING:
                     reason = LANE_FRAME
                     break
-                if (_get_u16(frame + 6) != 0 or aur_crc_mask(aur_crc32c(
-                        0, frame + AUR_FRAME_CRC_START, length - AUR_FRAME_CRC_START)) != _get_u32(frame + 8)):
+                if (_get_u16(frame + 6) != 0 or aur_crc_mask(_crc32c_unlocked(
+                        frame + AUR_FRAME_CRC_START, length - AUR_FRAME_CRC_START)) != _get_u32(frame + 8)):
                     reason = LANE_FRAME
                     break
                 if frame_type == AUR_FRAME_TYPE_APPEND_RING:
@@ -235,7 +246,7 @@ cdef class AppendLane:
             memcpy(self.copy, <const uint8_t *>mapping.buf + offset, slot_length)
         finally:
             PyBuffer_Release(&mapping)
-        if aur_crc32c(0, self.copy, slot_length) != crc:
+        if _crc32c_unlocked(self.copy, slot_length) != crc:
             return LANE_RING
         return self._append(frame, self.copy, <uint32_t>slot_length, core, after_sync)
 
@@ -249,7 +260,7 @@ cdef class AppendLane:
         cdef PyObject *found
         cdef uint64_t first, end, tail, written = 0
         cdef ssize_t wrote
-        cdef int fd, attempts = 0
+        cdef int fd, rc, attempts = 0
         cdef Py_ssize_t size
         cdef const uint8_t *source
         cdef list files
@@ -261,8 +272,15 @@ cdef class AppendLane:
             return LANE_BIG
         if batch.hdr.record_count == 0:     # the decoder refuses empty batches; never indexed
             return LANE_BATCH
-        if aur_batch_decode(body, body_length, &batch.hdr, batch.records, SMALL_BATCH_CAP,
-                            &error_offset) != AUR_OK:
+        # Every record's CRC is checked: up to 64 page images, so without the GIL when long.
+        if body_length >= CRC32C_RELEASE_GIL_BYTES:
+            with nogil:
+                rc = aur_batch_decode(body, body_length, &batch.hdr, batch.records, SMALL_BATCH_CAP,
+                                      &error_offset)
+        else:
+            rc = aur_batch_decode(body, body_length, &batch.hdr, batch.records, SMALL_BATCH_CAP,
+                                  &error_offset)
+        if rc != AUR_OK:
             batch.hdr.record_count = 0
             return LANE_BATCH
         found = PyDict_GetItem(core.volumes, batch.hdr.volume_id)

@@ -207,6 +207,16 @@ class Script:
             self.add("list", frame(p.FRAME_LIST_RECORDS, p.LIST_RECORDS_BODY.pack(0, 16, 0), self.next_id()))
         elif roll < 0.93:
             self.add("hint", frame(p.FRAME_VOLUME_HINT, p.VOLUME_HINT_BODY.pack(w.lsn // 2), self.next_id()))
+        elif roll < 0.945:
+            # Page images: a batch over CRC32C_RELEASE_GIL_BYTES, checked without the GIL.
+            rows = w.records(40)
+            for row in rows:
+                row["type"] = _native.REC_IMAGE
+                row["payload"] = dict(w.history[row["page_no"]])[row["lsn"]]
+            batch = w.batch(rows)
+            assert len(batch) > 32 * 1024
+            self.sent.append(batch)
+            self.append(batch, "images")
         elif roll < 0.96:
             page_no = rng.choice(w.page_numbers)
             self.add("get_page", frame(p.FRAME_GET_PAGE, p.GET_PAGE_BODY.pack(0, page_no, 0), self.next_id()))
