@@ -60,10 +60,9 @@ LANE_REASON_NAMES = ("served", "more", "frame", "ring", "batch", "big", "segment
                      "not_fresh", "log_file", "write")
 assert len(LANE_REASON_NAMES) == LANE_REASONS
 
-# A ring slot is copied out of the writer's mapping before it is checked and decoded (the
-# writer could be rewriting it); the copy buffer grows to the largest slot seen, at most a ring.
 cdef enum:
-    LANE_WRITE_ATTEMPTS_MAX = 64   # short pwrites of one batch before the lane gives up on it
+    # pwrite calls (short or interrupted) for one batch before the lane leaves it to Python.
+    LANE_WRITE_ATTEMPTS_MAX = 64
 
 
 cdef inline uint16_t _get_u16(const uint8_t *p) noexcept nogil:
@@ -110,6 +109,8 @@ cdef class AppendLane:
     (see the top of this file).  One per node server, used by its loop thread only, with the
     node's lock held: it changes segments as NodeCore._append does."""
     cdef SmallBatch batch
+    # A ring slot is copied out of the writer's mapping before it is checked and decoded (the
+    # writer could be rewriting it); the copy grows to the largest slot seen, at most a ring.
     cdef uint8_t *copy
     cdef size_t copy_bytes
     cdef object disk
@@ -317,9 +318,9 @@ cdef class AppendLane:
         while written < end - first:
             with nogil:
                 wrote = pwrite(fd, source + written, end - first - written, <off_t>(tail + written))
-            if wrote < 0 and errno == EINTR:
-                continue
             attempts += 1
+            if wrote < 0 and errno == EINTR and attempts < LANE_WRITE_ATTEMPTS_MAX:
+                continue
             if wrote <= 0 or attempts > LANE_WRITE_ATTEMPTS_MAX:
                 return LANE_WRITE
             written += <uint64_t>wrote
