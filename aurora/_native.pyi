@@ -40,6 +40,7 @@ FRAME_LENGTH_MAX: int
 FRAME_TYPE_ACK: int
 FRAME_TYPE_APPEND: int
 FRAME_TYPE_APPEND_RING: int
+LANE_REASON_NAMES: tuple[str, str, str, str, str, str, str, str, str, str, str, str]
 LSN_MAX: int
 LSN_NONE: int
 PAGE_NO_MAX: int
@@ -60,6 +61,7 @@ REC_NOOP: int
 REC_SIZE: int
 REC_SIZE_PAYLOAD_LENGTH: int
 REC_ZERO: int
+RING_HEADER_BYTES: int
 SCAN_STOP_REASONS: dict[int, str]
 SEGMENT_SIZE_BYTES_DEFAULT: int
 SEND_SOCKETS_MAX: int
@@ -127,6 +129,15 @@ class AckReceiver:
     def set_link(self, link: int, fd: int, python: bool = False): ...
     def set_member(self, link: int, pg: int, member: int): ...
     def take_buffer(self, link: int): ...
+
+class AppendLane:
+    bytes_used: Any
+    declined: Any
+    frames_served: Any
+    def serve(self, buf, rings: dict, core, after_sync: bytearray): ...
+    served: Any
+    stop_reason: Any
+    stop_reason_name: Any
 
 class BatchHeader(NamedTuple):
     version: Any

@@ -147,6 +147,11 @@ def small_batch_all_fresh(SmallBatch batch, dict records, uint64_t gc_lsn, list 
     """Whether every record of ``batch`` is one the segment should store: above ``gc_lsn``,
     not in ``records`` (LSN -> location), outside every [after, through] range of
     ``truncations`` (after exclusive).  Segment._fresh_rows, answered for the whole batch."""
+    return _small_batch_all_fresh(batch, records, gc_lsn, truncations) == 1
+
+
+cdef int _small_batch_all_fresh(SmallBatch batch, dict records, uint64_t gc_lsn,
+                                list truncations) except -1:
     cdef uint32_t i
     cdef aur_record_view *r
     cdef Py_ssize_t t, ranges = len(truncations)
@@ -154,14 +159,14 @@ def small_batch_all_fresh(SmallBatch batch, dict records, uint64_t gc_lsn, list 
     for i in range(batch.hdr.record_count):
         r = &batch.records[i]
         if r.lsn <= gc_lsn:
-            return False
+            return 0
         if PyDict_Contains(records, r.lsn):
-            return False
+            return 0
         for t in range(ranges):
             after, through = truncations[t]
             if after < r.lsn <= through:
-                return False
-    return True
+                return 0
+    return 1
 
 
 def small_batch_index(SmallBatch batch, segment, log, int64_t shift):
@@ -170,6 +175,10 @@ def small_batch_index(SmallBatch batch, segment, log, int64_t shift):
     index (records, page chains, dirty pages, successor links above SCL, max LSN, sorted
     LSNs) and the log file's (lsns, indexed LSN and page columns, max LSN).  Returns the
     number of records indexed (all of them)."""
+    return _small_batch_index(batch, segment, log, shift)
+
+
+cdef Py_ssize_t _small_batch_index(SmallBatch batch, segment, log, int64_t shift) except -1:
     cdef uint32_t i, n = batch.hdr.record_count
     cdef aur_record_view *r
     cdef dict records, chains, successor
@@ -360,6 +369,15 @@ def encode_ack_frame(uint16_t frame_type, uint32_t request_id, uint64_t volume_i
     membership_epoch) returns, built without the Python struct and bytes calls (one per
     APPEND on every node).  Out-of-range fields are OverflowError."""
     cdef uint8_t out[AUR_FRAME_ACK_BYTES]
+    _ack_frame_write(out, frame_type, request_id, volume_id, volume_epoch, membership_epoch, pg,
+                     scl, last_lsn)
+    return PyBytes_FromStringAndSize(<char *>out, AUR_FRAME_ACK_BYTES)
+
+
+cdef void _ack_frame_write(uint8_t *out, uint16_t frame_type, uint32_t request_id, uint64_t volume_id,
+                           uint64_t volume_epoch, uint64_t membership_epoch, uint32_t pg, uint64_t scl,
+                           uint64_t last_lsn) noexcept:
+    """encode_ack_frame's bytes, written to ``out`` (AUR_FRAME_ACK_BYTES of room)."""
     _put_u32(out, AUR_FRAME_ACK_BYTES)
     _put_u16(out + 4, frame_type)
     _put_u16(out + 6, 0)
@@ -373,4 +391,3 @@ def encode_ack_frame(uint16_t frame_type, uint32_t request_id, uint64_t volume_i
     _put_u64(out + 56, last_lsn)
     _put_u32(out + 8, aur_crc_mask(aur_crc32c(0, out + AUR_FRAME_CRC_START,
                                               AUR_FRAME_ACK_BYTES - AUR_FRAME_CRC_START)))
-    return PyBytes_FromStringAndSize(<char *>out, AUR_FRAME_ACK_BYTES)

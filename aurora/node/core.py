@@ -108,6 +108,9 @@ class NodeCore:
         # slices held the node, so STATUS shows whether they stay bounded.
         self.background_stats = {"slices": 0, "seconds_total": 0.0, "seconds_max": 0.0,
                                  "slices_over_50ms": 0}
+        # The server's native APPEND lane (_native.AppendLane), if it has one: STATUS shows how
+        # many frames it served and why it declined the others.
+        self.append_lane = None
         disk.makedirs(os.path.join(data_dir, "volumes"), mode=0o700, exist_ok=True)
         identity_path = os.path.join(data_dir, "node.json")
         identity = read_json(identity_path, disk=disk)
@@ -297,6 +300,8 @@ class NodeCore:
             "gossip": dict(self.gossip_stats),
             "background": dict(self.background_stats),
         }
+        if self.append_lane is not None:
+            status["append_lane"] = {"served": self.append_lane.served, "declined": self.append_lane.declined}
         return self._reply(frame, p.FRAME_STATUS_REPLY, p.status_body(status),
                            self.volumes.get(frame.volume_id))
 
@@ -610,7 +615,11 @@ class NodeCore:
         return segment is not None and segment.complete_repair(peer_scl_max, time.time())
 
     def dirty_fds(self):
+        """The log files every segment dirtied since the last call (Segment.dirty_fds).  Runs
+        once per served request batch: segments with nothing dirty are passed over."""
         fds = []
-        for segment in self.segments():
-            fds.extend(segment.dirty_fds())
+        for volume in self.volumes.values():
+            for segment in volume.segments.values():
+                if segment._dirty_files:
+                    fds.extend(segment.dirty_fds())
         return fds

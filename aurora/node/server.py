@@ -6,10 +6,17 @@ serves a frame and collects the dirty files, and for each background slice; the 
 holds it only to snapshot and to apply what it fetched.  Network I/O and fdatasync never run
 under it (the sync works on descriptors collected under it).
 
-Group commit: replies that must wait for durability (ACKs) are queued with the file
-descriptors the appends dirtied.  After serving every frame a round of the loop received, the
-loop fdatasyncs them itself and sends the ACKs; every batch that arrives while a sync runs
-waits in its socket buffer and shares the next one.
+Group commit: replies that must wait for durability (ACKs) are queued, per connection in
+request order, with the file descriptors the appends dirtied.  After serving every frame a
+round of the loop received, the loop fdatasyncs them itself and sends the ACKs; every batch
+that arrives while a sync runs waits in its socket buffer and shares the next one.
+
+The APPEND lane: the APPEND and APPEND_RING frames of a small batch at the front of a
+connection's received bytes are served by one native call (_native.AppendLane,
+aurora/_append_lane.pxi) that does what the Python path below does for them, ACK queued for
+the sync included.  At the first frame it declines, the Python path serves that frame, then
+the lane goes on: frames are served in order, whichever path serves them, and the Python path
+stays the reference for every reply (tests/test_append_lane.py).
 
 TLS (aurora/tls.py): a TCP listener given a TLSConfig speaks only TLS with a client
 certificate of the cluster CA.  Each connection's handshake advances inside this loop as its
@@ -28,7 +35,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from aurora import errors, protocol as p, tls as tls_module
+from aurora import _native, errors, protocol as p, tls as tls_module
+from aurora.node.disk import REAL_DISK
 from aurora.node.core import NodeCore
 from aurora.node.gossip import GOSSIP_INTERVAL_S, Gossiper
 from aurora.node import segment as segment_module
@@ -106,7 +114,8 @@ def listen(address):
 
 
 class Connection:
-    __slots__ = ("sock", "reader", "out", "closing", "peer", "rings", "tls", "received", "writing")
+    __slots__ = ("sock", "reader", "out", "closing", "peer", "rings", "tls", "received", "writing",
+                 "after_sync", "after_sync_count", "holding")
 
     def __init__(self, sock, peer, tls=None):
         self.sock = sock
@@ -118,6 +127,11 @@ class Connection:
         self.tls = tls           # a tls.ServerSession on a TLS listener
         self.received = 0        # bytes received (a probe that sends none is not logged)
         self.writing = False     # registered for EVENT_WRITE (output is waiting for room)
+        # Replies (ACKs) that leave after the next group commit, back to back in request
+        # order, how many, and whether this connection is in NodeServer.pending_conns.
+        self.after_sync = bytearray()
+        self.after_sync_count = 0
+        self.holding = False
 
 
 def _journal_synced(facts):
@@ -144,6 +158,14 @@ class GroupCommit:
     def sync(self, fds, facts=()):
         """Returns None when every descriptor is durable, else the first error (then nothing
         is acked)."""
+        if len(fds) == 1 and not facts:
+            # The common round: one segment's log file.
+            self.syncs += 1
+            try:
+                os.fdatasync(next(iter(fds)))
+            except OSError as exc:   # a full or failing disk: never ack what is not durable
+                return exc
+            return None
         failed = []
 
         def one(fd):
@@ -173,7 +195,8 @@ class GroupCommit:
 
 class NodeServer:
     def __init__(self, data_dir, listen_address, node_id, az, log_file_bytes=None,
-                 background=True, gossip=True, gossip_interval_s=GOSSIP_INTERVAL_S, tls=None):
+                 background=True, gossip=True, gossip_interval_s=GOSSIP_INTERVAL_S, tls=None,
+                 append_lane=True):
         family, _ = parse_address(listen_address)
         if tls is not None and family == socket.AF_UNIX:
             raise ValueError("TLS is for TCP listeners; %s is a Unix socket, which file modes "
@@ -203,7 +226,13 @@ class NodeServer:
         self.group_commit = GroupCommit()
         self.pending_fds = []
         self.pending_facts = []      # sync-journal test mode only
-        self.pending_replies = []    # (connection, Reply) waiting for the next sync
+        # Connections holding replies for the next sync (Connection.after_sync), in the
+        # order they first queued one.
+        self.pending_conns = []
+        # The native APPEND lane; None serves every frame in Python (the reference, which
+        # tests compare the lane with).
+        self.lane = _native.AppendLane(REAL_DISK) if append_lane else None
+        self.core.append_lane = self.lane
         self.connections = {}
         self.running = False
         self.started = False
@@ -292,13 +321,39 @@ class NodeServer:
             return
         conn.received += received
         data = self._recv_view[:received]
+        lane = self.lane
         if conn.tls is not None:
+            # TLS connections are served in Python only (their bytes come decrypted).
+            lane = None
             data = self._decrypt(conn, bytes(data))
             if not data:
                 return
-        conn.reader.feed(data)     # feed copies the bytes
+        reader = conn.reader
+        declined = False     # the lane stopped at the first frame buffered: Python serves it
+        if lane is not None and not conn.closing and not reader.buffered_bytes:
+            # The common case: frames served straight from the receive buffer; only what the
+            # lane leaves (a partial frame, or the frames from the first it declined on) is
+            # copied into the reader.
+            data = data[self._run_lane(conn, data):]
+            declined = bool(data)
+        if data:
+            reader.feed(data)     # feed copies the bytes
         try:
-            for frame in conn.reader.frames():
+            # Each pass serves at least one frame or stops: bounded by the frames received.
+            # As ever, a connection that is closing has one more frame served, no more.
+            while True:
+                if lane is not None and not declined and not conn.closing and reader.buffered_bytes:
+                    used = self._run_lane(conn, reader._buffer)
+                    if used:
+                        del reader._buffer[:used]
+                    if conn.closing:
+                        break
+                declined = False
+                if not reader.buffered_bytes:
+                    break        # the lane served everything (the common case)
+                frame = next(reader.frames(), None)
+                if frame is None:
+                    break
                 self._dispatch(conn, frame)
                 if conn.closing:
                     break
@@ -365,6 +420,44 @@ class NodeServer:
             except OSError:
                 pass
 
+    def _run_lane(self, conn, data):
+        """Serve the front of ``data`` with the APPEND lane; the bytes it used."""
+        lane = self.lane
+        with self.lock:
+            used = None
+            try:
+                used = lane.serve(data, conn.rings, self.core, conn.after_sync)
+            except Exception as exc:  # a bug must not take the node down
+                log.exception("internal error in the APPEND lane")
+                self._send(conn, p.encode_frame(p.FRAME_ERROR, p.error_body(
+                    p.ERROR_INTERNAL, "internal error: %s" % exc)))
+                conn.closing = True
+            served = lane.frames_served
+            if served:
+                # As _dispatch does for the replies it holds, under the same lock.
+                self.pending_fds.extend(self.core.dirty_fds())
+                if segment_module.SYNC_JOURNAL:
+                    self.pending_facts.extend(segment_module.SYNC_FACTS)
+                    segment_module.SYNC_FACTS.clear()
+        if served:
+            conn.after_sync_count += served
+            if not conn.holding:
+                conn.holding = True
+                self.pending_conns.append(conn)
+        if used is None:
+            # The frame it failed on may be half served: like the frame _dispatch fails on, it
+            # is consumed, and nothing after it is served (the connection is closing).
+            return len(data)
+        return used
+
+    def _hold(self, conn, data):
+        """Queue ``data`` on ``conn`` until the next group commit."""
+        conn.after_sync += data
+        conn.after_sync_count += 1
+        if not conn.holding:
+            conn.holding = True
+            self.pending_conns.append(conn)
+
     def _dispatch(self, conn, frame):
         if frame.type == p.FRAME_RING_ATTACH or frame.type == p.FRAME_APPEND_RING:
             frame = self._ring_frame(conn, frame)
@@ -387,7 +480,7 @@ class NodeServer:
                     segment_module.SYNC_FACTS.clear()
         for reply in replies:
             if reply.after_sync:
-                self.pending_replies.append((conn, reply))
+                self._hold(conn, reply.data)
             else:
                 self._send(conn, reply.data)
             if reply.close:
@@ -430,23 +523,27 @@ class NodeServer:
 
     def _commit_round(self):
         """Make this round's appends durable, then release the replies waiting for it."""
-        if not self.pending_replies:
+        if not self.pending_conns:
             return
-        fds, replies, facts = set(self.pending_fds), self.pending_replies, self.pending_facts
-        self.pending_fds, self.pending_replies, self.pending_facts = [], [], []
+        fds, conns, facts = set(self.pending_fds), self.pending_conns, self.pending_facts
+        self.pending_fds, self.pending_conns, self.pending_facts = [], [], []
         failed = self.group_commit.sync(fds, facts)
-        touched = []
-        for conn, reply in replies:
+        for conn in conns:
+            held, count = conn.after_sync, conn.after_sync_count
+            conn.after_sync = bytearray()
+            conn.after_sync_count = 0
+            conn.holding = False
             if conn.sock.fileno() < 0:
                 continue
             if failed is None:
-                self._send(conn, reply.data)
+                if conn.out:
+                    conn.out += held
+                else:
+                    conn.out = held      # no copy when nothing else waits to be sent
             else:
-                self._send(conn, p.encode_frame(p.FRAME_ERROR, p.error_body(
-                    p.ERROR_INTERNAL, "log sync failed, nothing acknowledged: %s" % failed)))
-            if not touched or touched[-1] is not conn:
-                touched.append(conn)
-        for conn in dict.fromkeys(touched):
+                # One ERROR in place of each reply held.
+                conn.out += p.encode_frame(p.FRAME_ERROR, p.error_body(
+                    p.ERROR_INTERNAL, "log sync failed, nothing acknowledged: %s" % failed)) * count
             self._flush(conn)
 
     def _send(self, conn, data):
@@ -533,7 +630,7 @@ class NodeServer:
         if self.gossiper is not None and self.gossiper.is_alive():
             self.gossiper.stop()
             self.gossiper.join(timeout=10)
-        if self.pending_replies:
+        if self.pending_conns:
             # Clean shutdown: everything queued is made durable and acknowledged first.
             self._commit_round()
         self.group_commit.stop()
