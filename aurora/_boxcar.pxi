@@ -9,9 +9,6 @@ from libc.string cimport memcpy
 
 cdef extern from "boxcar.h" nogil:
     enum:
-        AUR_FRAME_TYPE_APPEND
-        AUR_FRAME_TYPE_APPEND_RING
-        AUR_FRAME_APPEND_RING_BODY_BYTES
         AUR_BOXCAR_BYTES_MAX
     ctypedef struct aur_boxcar_batch:
         uint32_t record_count
@@ -28,9 +25,6 @@ cdef extern from "boxcar.h" nogil:
     void aur_append_ring_body(uint8_t *out, uint64_t ring_id, uint64_t offset, uint32_t length,
                               uint32_t crc)
 
-FRAME_TYPE_APPEND = AUR_FRAME_TYPE_APPEND
-FRAME_TYPE_APPEND_RING = AUR_FRAME_TYPE_APPEND_RING
-FRAME_APPEND_RING_BODY_BYTES = AUR_FRAME_APPEND_RING_BODY_BYTES
 BOXCAR_BYTES_MAX = AUR_BOXCAR_BYTES_MAX
 
 

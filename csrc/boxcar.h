@@ -24,11 +24,7 @@
 #include "format.h"
 #include "frame.h"
 
-/* Frame types the writer's send path makes (aurora/protocol.py FRAME_*; tests check both). */
-#define AUR_FRAME_TYPE_APPEND 1u
-#define AUR_FRAME_TYPE_APPEND_RING 24u
-/* APPEND_RING body: ring_id u64, offset u64, length u32, crc32c u32 of the slot. */
-#define AUR_FRAME_APPEND_RING_BODY_BYTES 24u
+/* Frame types and the APPEND_RING body's size come from frame.h. */
 /* Largest batch the sender makes by merging (a single bigger batch still leaves alone). */
 #define AUR_BOXCAR_BYTES_MAX (8u * 1024u * 1024u)
 

@@ -403,7 +403,7 @@ def test_malformed_frame_after_lane_frames_gets_the_clear_error_and_closes(tmp_p
 
 
 def test_frame_constants_match_the_protocol():
-    # csrc/frame.h repeats these for the lane.
+    # csrc/frame.h repeats these for the lane and the writer's boxcars (csrc/boxcar.h).
     assert _native.FRAME_TYPE_APPEND == p.FRAME_APPEND
     assert _native.FRAME_TYPE_APPEND_RING == p.FRAME_APPEND_RING
     assert _native.FRAME_APPEND_RING_BODY_BYTES == p.APPEND_RING_BODY.size

@@ -174,12 +174,6 @@ def test_append_ring_frame_matches_protocol(values):
         p.FRAME_APPEND_RING, p.APPEND_RING_BODY.pack(ring_id, offset, length, crc), request_id, 3, 4, 5)
 
 
-def test_constants_agree_with_protocol():
-    assert _native.FRAME_TYPE_APPEND == p.FRAME_APPEND
-    assert _native.FRAME_TYPE_APPEND_RING == p.FRAME_APPEND_RING
-    assert _native.FRAME_APPEND_RING_BODY_BYTES == p.APPEND_RING_BODY.size
-
-
 def test_ring_copy_writes_and_checksums(tmp_path):
     ring = SharedRing(RING_BYTES_MIN, directory=str(tmp_path))
     try:
