@@ -240,6 +240,16 @@ class FrameReader:
     def buffered_bytes(self):
         return len(self._buffer)
 
+    @property
+    def buffered(self):
+        """The bytes buffered and not yet taken as frames: a native reader (the node's APPEND
+        lane) serves frames from them directly, then discard()s what it used."""
+        return self._buffer
+
+    def discard(self, count):
+        """Drop the first ``count`` buffered bytes."""
+        del self._buffer[:count]
+
 
 def error_body(code, message):
     return ERROR_BODY.pack(code, 0) + message.encode("utf-8", "replace")[:4096]

@@ -343,9 +343,9 @@ class NodeServer:
             # As ever, a connection that is closing has one more frame served, no more.
             while True:
                 if lane is not None and not declined and not conn.closing and reader.buffered_bytes:
-                    used = self._run_lane(conn, reader._buffer)
+                    used = self._run_lane(conn, reader.buffered)
                     if used:
-                        del reader._buffer[:used]
+                        reader.discard(used)
                     if conn.closing:
                         break
                 declined = False
