@@ -158,35 +158,33 @@ class GroupCommit:
     def sync(self, fds, facts=()):
         """Returns None when every descriptor is durable, else the first error (then nothing
         is acked)."""
-        if len(fds) == 1 and not facts:
-            # The common round: one segment's log file.
-            self.syncs += 1
-            try:
-                os.fdatasync(next(iter(fds)))
-            except OSError as exc:   # a full or failing disk: never ack what is not durable
-                return exc
-            return None
-        failed = []
-
-        def one(fd):
-            try:
-                os.fdatasync(fd)
-            except OSError as exc:   # a full or failing disk: never ack what is not durable
-                failed.append(exc)
-
+        failed = None
         if len(fds) <= 1:
+            # The common round: one segment's log file, synced here without a closure.
             for fd in fds:
-                one(fd)
+                try:
+                    os.fdatasync(fd)
+                except OSError as exc:   # a full or failing disk: never ack what is not durable
+                    failed = exc
         else:
             # Several segments' files at once, so the file system can fold their journal
             # commits together.
+            errors_seen = []
+
+            def one(fd):
+                try:
+                    os.fdatasync(fd)
+                except OSError as exc:
+                    errors_seen.append(exc)
+
             if self.pool is None:
                 self.pool = ThreadPoolExecutor(SYNC_THREADS_MAX, thread_name_prefix="aurora-fdatasync")
             list(self.pool.map(one, fds))
+            failed = errors_seen[0] if errors_seen else None
         self.syncs += 1
-        if facts and not failed:
+        if facts and failed is None:
             _journal_synced(facts)
-        return failed[0] if failed else None
+        return failed
 
     def stop(self):
         if self.pool is not None:
