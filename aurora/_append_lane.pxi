@@ -88,22 +88,6 @@ cdef uint32_t _crc32c_unlocked(const uint8_t *data, size_t length) noexcept:
     return aur_crc32c(0, data, length)
 
 
-cdef bint _small_batch_valid(SmallBatch batch, uint32_t pg, uint32_t pages_per_pg,
-                             uint32_t page_size) noexcept:
-    """small_batch_check's verdict without its exception (the lane declines instead)."""
-    cdef uint32_t i
-    cdef aur_record_view *r
-    if pages_per_pg == 0:
-        return False
-    for i in range(batch.hdr.record_count):
-        r = &batch.records[i]
-        if r.page_no != NOT_A_PAGE_U32 and r.page_no // pages_per_pg != pg:
-            return False
-        if r.type == AUR_REC_IMAGE and r.payload_length != page_size:
-            return False
-    return True
-
-
 cdef class AppendLane:
     """Serves the APPEND and APPEND_RING frames at the front of a connection's received bytes
     (see the top of this file).  One per node server, used by its loop thread only, with the
@@ -262,6 +246,7 @@ cdef class AppendLane:
         cdef uint64_t first, end, tail, written = 0
         cdef ssize_t wrote
         cdef int fd, rc, attempts = 0
+        cdef uint32_t foreign_page = 0
         cdef Py_ssize_t size
         cdef const uint8_t *source
         cdef list files
@@ -295,7 +280,8 @@ cdef class AppendLane:
         state = segment.state
         if volume.epoch != batch.hdr.volume_epoch or state["membership_epoch"] != batch.hdr.membership_epoch:
             return LANE_EPOCH
-        if not _small_batch_valid(batch, segment.pg, segment.pages_per_pg, segment.page_size):
+        if _small_batch_problem(batch, segment.pg, segment.pages_per_pg, segment.page_size,
+                                &foreign_page) != BATCH_FITS:
             return LANE_CHECK
         files = segment.files
         if PyList_GET_SIZE(files) == 0:

@@ -125,22 +125,45 @@ def decode_small_batch(buf):
     return batch
 
 
-def small_batch_check(SmallBatch batch, uint32_t pg, uint32_t pages_per_pg, uint32_t page_size):
-    """Segment.check_batch for a SmallBatch: ValueError for a record of a page outside PG
-    ``pg``, then for an IMAGE record whose payload is not one page (same order and messages)."""
+cdef enum:
+    # What _small_batch_problem finds (small_batch_check raises for each; the APPEND lane
+    # declines the batch instead).
+    BATCH_FITS = 0
+    BATCH_NO_PAGES = 1        # a PG of zero pages
+    BATCH_FOREIGN_PAGE = 2    # a record of a page outside the PG (*page_no says which)
+    BATCH_IMAGE_SIZE = 3      # an IMAGE record whose payload is not one page
+
+
+cdef int _small_batch_problem(SmallBatch batch, uint32_t pg, uint32_t pages_per_pg, uint32_t page_size,
+                              uint32_t *page_no) noexcept:
+    """Segment.check_batch's checks, in its order: every record's page first, then IMAGE sizes."""
     cdef uint32_t i
     cdef aur_record_view *r
     if pages_per_pg == 0:
-        raise ValueError("a PG needs at least one page")
+        return BATCH_NO_PAGES
     for i in range(batch.hdr.record_count):
         r = &batch.records[i]
         if r.page_no != NOT_A_PAGE_U32 and r.page_no // pages_per_pg != pg:
-            raise ValueError("page %d does not belong to PG %d (%d pages per PG)"
-                             % (r.page_no, pg, pages_per_pg))
+            page_no[0] = r.page_no
+            return BATCH_FOREIGN_PAGE
     for i in range(batch.hdr.record_count):
         r = &batch.records[i]
         if r.type == AUR_REC_IMAGE and r.payload_length != page_size:
-            raise ValueError("an IMAGE record does not match the segment's %d-byte pages" % page_size)
+            return BATCH_IMAGE_SIZE
+    return BATCH_FITS
+
+
+def small_batch_check(SmallBatch batch, uint32_t pg, uint32_t pages_per_pg, uint32_t page_size):
+    """Segment.check_batch for a SmallBatch: ValueError for a record of a page outside PG
+    ``pg``, then for an IMAGE record whose payload is not one page (same order and messages)."""
+    cdef uint32_t page_no = 0
+    cdef int problem = _small_batch_problem(batch, pg, pages_per_pg, page_size, &page_no)
+    if problem == BATCH_NO_PAGES:
+        raise ValueError("a PG needs at least one page")
+    if problem == BATCH_FOREIGN_PAGE:
+        raise ValueError("page %d does not belong to PG %d (%d pages per PG)" % (page_no, pg, pages_per_pg))
+    if problem == BATCH_IMAGE_SIZE:
+        raise ValueError("an IMAGE record does not match the segment's %d-byte pages" % page_size)
 
 
 def small_batch_all_fresh(SmallBatch batch, dict records, uint64_t gc_lsn, list truncations):
