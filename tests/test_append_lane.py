@@ -6,6 +6,7 @@ requests, wrong epochs, duplicates, truncations, bad ring notices, unknown segme
 batches, full log files and malformed frames.  Each decline reason is exercised, and shown to
 hand its frame to the Python path."""
 import collections
+import contextlib
 import os
 import random
 import socket
@@ -410,10 +411,45 @@ def test_frame_constants_match_the_protocol():
     assert _native.RING_HEADER_BYTES == RING_HEADER.size
 
 
+def serve_on_both(directory, short_dir, prefix, rest, around_rest):
+    """Serve ``prefix`` and then ``rest``, each followed by a group commit, on a server
+    without the lane and on one with it; ``around_rest(harness)`` is a context manager
+    wrapped around the second part.  [(replies sent, segment state)] for the two."""
+    results = []
+    for name, lane in (("python", False), ("lane", True)):
+        harness = Harness(directory, short_dir, name, lane)
+        try:
+            harness.receive(prefix)
+            harness.commit()
+            with around_rest(harness):
+                harness.receive(rest)
+                harness.commit()
+            results.append((bytes(harness.sock.sent), segment_state(harness.server)))
+        finally:
+            harness.close()
+    return results
+
+
 def test_a_failed_write_is_left_to_the_python_path_and_its_error(tmp_path, short_dir):
     """A pwrite that fails (here: the log file's descriptor swapped for a read-only one) is
     declined before anything changes; the Python path then meets the same failure and answers
     as it always did, for either server."""
+
+    @contextlib.contextmanager
+    def read_only_log(harness):
+        log = harness.server.core.volumes[VOLUME_ID].segments[0].files[-1]
+        read_only = os.open(log.path, os.O_RDONLY)
+        writable, log.fd = log.fd, read_only
+        try:
+            tail = log.tail
+            yield
+            assert log.tail == tail
+        finally:
+            log.fd = writable
+            os.close(read_only)
+        if harness.server.lane is not None:
+            assert harness.server.lane.declined["write"] == 1
+
     ring = SharedRing(RING_BYTES, directory=short_dir)
     try:
         script = Script(8, ring)
@@ -424,29 +460,7 @@ def test_a_failed_write_is_left_to_the_python_path_and_its_error(tmp_path, short
         script.frames.clear()
         script.append(script.workload.batch(script.workload.records(2)), "append", ring=False)
         script.append(script.workload.batch(script.workload.records(2)), "append", ring=True)
-        results = []
-        for name, lane in (("python", False), ("lane", True)):
-            harness = Harness(str(tmp_path), short_dir, name, lane)
-            try:
-                harness.receive(prefix)
-                harness.commit()
-                segment = harness.server.core.volumes[VOLUME_ID].segments[0]
-                log = segment.files[-1]
-                read_only = os.open(log.path, os.O_RDONLY)
-                writable, log.fd = log.fd, read_only
-                try:
-                    tail = log.tail
-                    harness.receive(b"".join(script.frames))
-                    harness.commit()
-                    assert log.tail == tail
-                finally:
-                    log.fd = writable
-                    os.close(read_only)
-                results.append((bytes(harness.sock.sent), segment_state(harness.server)))
-                if lane:
-                    assert harness.server.lane.declined["write"] == 1
-            finally:
-                harness.close()
+        results = serve_on_both(str(tmp_path), short_dir, prefix, b"".join(script.frames), read_only_log)
     finally:
         ring.close()
     assert results[0] == results[1]
@@ -458,6 +472,13 @@ def test_a_failed_write_is_left_to_the_python_path_and_its_error(tmp_path, short
 def test_a_closing_connection_is_served_as_the_python_path_serves_it(tmp_path, short_dir):
     """Bytes that arrive on a connection already closing (its output not yet drained) get the
     Python path's treatment, one frame and no more, with or without the lane."""
+
+    @contextlib.contextmanager
+    def closing(harness):
+        harness.conn.closing = True
+        yield
+        assert len(harness.server.core.volumes[VOLUME_ID].segments[0].records) == 4
+
     ring = SharedRing(RING_BYTES, directory=short_dir)
     try:
         script = Script(3, ring)
@@ -468,20 +489,7 @@ def test_a_closing_connection_is_served_as_the_python_path_serves_it(tmp_path, s
         script.frames.clear()
         for _ in range(3):
             script.append(script.workload.batch(script.workload.records(1)), "append")
-        results = []
-        for name, lane in (("python", False), ("lane", True)):
-            harness = Harness(str(tmp_path), short_dir, name, lane)
-            try:
-                harness.receive(prefix)
-                harness.commit()
-                harness.conn.closing = True
-                harness.receive(b"".join(script.frames))
-                harness.commit()
-                results.append((bytes(harness.sock.sent), segment_state(harness.server)))
-                segment = harness.server.core.volumes[VOLUME_ID].segments[0]
-                assert len(segment.records) == 4
-            finally:
-                harness.close()
+        results = serve_on_both(str(tmp_path), short_dir, prefix, b"".join(script.frames), closing)
     finally:
         ring.close()
     assert results[0] == results[1]
