@@ -77,17 +77,6 @@ cdef inline uint64_t _get_u64(const uint8_t *p) noexcept nogil:
     return <uint64_t>_get_u32(p) | (<uint64_t>_get_u32(p + 4) << 32)
 
 
-cdef uint32_t _crc32c_unlocked(const uint8_t *data, size_t length) noexcept:
-    """aur_crc32c, with the GIL released for long inputs as crc32c() does (the gossip thread
-    runs meanwhile; a frame may be a bulk load's megabytes)."""
-    cdef uint32_t result
-    if length >= CRC32C_RELEASE_GIL_BYTES:
-        with nogil:
-            result = aur_crc32c(0, data, length)
-        return result
-    return aur_crc32c(0, data, length)
-
-
 cdef class AppendLane:
     """Serves the APPEND and APPEND_RING frames at the front of a connection's received bytes
     (see the top of this file).  One per node server, used by its loop thread only, with the
@@ -171,7 +160,7 @@ cdef class AppendLane:
                     reason = LANE_FRAME
                     break
                 if (_get_u16(frame + 6) != 0 or aur_crc_mask(_crc32c_unlocked(
-                        frame + AUR_FRAME_CRC_START, length - AUR_FRAME_CRC_START)) != _get_u32(frame + 8)):
+                        0, frame + AUR_FRAME_CRC_START, length - AUR_FRAME_CRC_START)) != _get_u32(frame + 8)):
                     reason = LANE_FRAME
                     break
                 if frame_type == AUR_FRAME_TYPE_APPEND_RING:
@@ -231,7 +220,7 @@ cdef class AppendLane:
             memcpy(self.copy, <const uint8_t *>mapping.buf + offset, slot_length)
         finally:
             PyBuffer_Release(&mapping)
-        if _crc32c_unlocked(self.copy, slot_length) != crc:
+        if _crc32c_unlocked(0, self.copy, slot_length) != crc:
             return LANE_RING
         return self._append(frame, self.copy, <uint32_t>slot_length, core, after_sync)
 

@@ -231,7 +231,7 @@ def ring_copy(destination not None, Py_ssize_t offset, data not None):
                 raise ValueError("ring_copy: %d bytes at offset %d of a %d-byte buffer"
                                  % (src.len, offset, dst.len))
             memcpy(<uint8_t *>dst.buf + offset, src.buf, <size_t>src.len)
-            crc = aur_crc32c(0, src.buf, <size_t>src.len)
+            crc = _crc32c_unlocked(0, src.buf, <size_t>src.len)
         finally:
             PyBuffer_Release(&src)
     finally:

@@ -16,17 +16,24 @@ cdef enum:
 crc32c_backend = aur_crc32c_init().decode()
 
 
+cdef uint32_t _crc32c_unlocked(uint32_t value, const void *data, size_t length) noexcept:
+    """aur_crc32c, with the GIL released for inputs long enough to pay for it (other threads,
+    such as a node's gossip, run meanwhile).  Called with the GIL held."""
+    cdef uint32_t result
+    if length >= CRC32C_RELEASE_GIL_BYTES:
+        with nogil:
+            result = aur_crc32c(value, data, length)
+        return result
+    return aur_crc32c(value, data, length)
+
+
 def crc32c(data, unsigned int value=0):
     """CRC32C of ``data`` (any contiguous buffer), continuing from ``value``."""
     cdef Py_buffer view
     cdef uint32_t result
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE | PyBUF_ANY_CONTIGUOUS)
     try:
-        if view.len >= CRC32C_RELEASE_GIL_BYTES:
-            with nogil:
-                result = aur_crc32c(value, view.buf, <size_t>view.len)
-        else:
-            result = aur_crc32c(value, view.buf, <size_t>view.len)
+        result = _crc32c_unlocked(value, view.buf, <size_t>view.len)
     finally:
         PyBuffer_Release(&view)
     return result
